@@ -1,0 +1,1 @@
+"""Reusable building blocks (channels-last). This package imports nothing else of ours."""

@@ -1,0 +1,71 @@
+"""Unfold / fold (nn.Unfold / nn.Fold) on NHWC maps, with PyTorch's channel-major patch features.
+
+`unfold(x, k, s, p)` turns (N, H, W, C) into (N, nh, nw, C * k * k) where the feature index is
+c * k * k + ky * k + kx, exactly the order of PyTorch's nn.Unfold. `fold` is its adjoint: it sums
+the overlapping contributions back onto the (N, H, W, C) map (nn.Fold).
+Both are built from strided slices / padding only, so they are exact and cheap.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def grid_size(h: int, w: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
+    return (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+
+
+def unfold(x, kernel: int, stride: int, padding: int):
+    n, h, w, c = x.shape
+    nh, nw = grid_size(h, w, kernel, stride, padding)
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    taps = []
+    for ky in range(kernel):
+        for kx in range(kernel):
+            taps.append(
+                lax.slice(
+                    xp,
+                    (0, ky, kx, 0),
+                    (n, ky + stride * (nh - 1) + 1, kx + stride * (nw - 1) + 1, c),
+                    (1, stride, stride, 1),
+                )
+            )
+    patches = jnp.stack(taps, axis=-1)  # (n, nh, nw, c, k*k): channel-major
+    return patches.reshape(n, nh, nw, c * kernel * kernel)
+
+
+def fold(patches, output_size: tuple[int, int], kernel: int, stride: int, padding: int):
+    """patches (N, nh, nw, C * k * k) channel-major -> (N, H, W, C), overlaps summed."""
+    n, nh, nw, f = patches.shape
+    h, w = output_size
+    if (nh, nw) != grid_size(h, w, kernel, stride, padding):
+        raise ValueError(
+            f"fold: a {nh}x{nw} patch grid does not fit output {h}x{w} (kernel {kernel}, stride {stride}, "
+            f"padding {padding})"
+        )
+    kk = kernel * kernel
+    c = f // kk
+    p = patches.reshape(n, nh, nw, c, kk)
+    hp, wp = h + 2 * padding, w + 2 * padding
+    zero = jnp.zeros((), p.dtype)
+    out = None
+    for ky in range(kernel):
+        for kx in range(kernel):
+            hi_h = hp - ky - stride * (nh - 1) - 1
+            hi_w = wp - kx - stride * (nw - 1) - 1
+            cfg = ((0, 0, 0), (ky, hi_h, stride - 1), (kx, hi_w, stride - 1), (0, 0, 0))
+            tap = lax.pad(p[..., ky * kernel + kx], zero, cfg)
+            out = tap if out is None else out + tap
+    return out[:, padding : padding + h, padding : padding + w, :]
+
+
+def overlap_count(output_size: tuple[int, int], kernel: int, stride: int, padding: int) -> np.ndarray:
+    """How many patches cover each pixel: fold of an all-ones tensor, as a (H, W, 1) numpy constant."""
+    h, w = output_size
+    nh, nw = grid_size(h, w, kernel, stride, padding)
+    count = np.zeros((h + 2 * padding, w + 2 * padding), np.float32)
+    for i in range(nh):
+        for j in range(nw):
+            count[i * stride : i * stride + kernel, j * stride : j * stride + kernel] += 1
+    return count[padding : padding + h, padding : padding + w, None]

@@ -1,0 +1,55 @@
+"""PyTorch-compatible resizing on NHWC tensors (F.interpolate semantics, no antialiasing)."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def _linear_taps(n_in: int, n_out: int, align_corners: bool, scale: float | None = None):
+    """Source indices (i0, i1) and weights of the second tap for 1-D linear interpolation.
+
+    Coordinates are formed in float32 as PyTorch's CPU kernels do. `scale` is the user-given
+    scale_factor (PyTorch uses 1/scale_factor for the source step when it is given and
+    align_corners=False).
+    """
+    i = np.arange(n_out, dtype=np.float32)
+    if align_corners:
+        step = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0)
+        src = step * i
+    else:
+        step = np.float32(1.0 / scale) if scale else np.float32(n_in / n_out)
+        src = np.maximum((i + np.float32(0.5)) * step - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int32), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = (src - i0).astype(np.float32)
+    return i0, i1, frac
+
+
+def _lerp_axis(x, axis: int, n_out: int, align_corners: bool, scale: float | None):
+    n_in = x.shape[axis]
+    if n_in == n_out and (align_corners or not scale or scale == 1):
+        return x
+    i0, i1, f = _linear_taps(n_in, n_out, align_corners, scale)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    f = jnp.asarray(f, dtype=x.dtype).reshape(shape)
+    a = jnp.take(x, jnp.asarray(i0), axis=axis)
+    b = jnp.take(x, jnp.asarray(i1), axis=axis)
+    return a + (b - a) * f
+
+
+def upsample_bilinear(x, size: tuple[int, int], align_corners: bool, scale_factor: float | None = None):
+    """F.interpolate(mode='bilinear') for x (..., H, W, C); `size` = (out_h, out_w)."""
+    x = _lerp_axis(x, x.ndim - 3, size[0], align_corners, scale_factor)
+    return _lerp_axis(x, x.ndim - 2, size[1], align_corners, scale_factor)
+
+
+def resize_nearest(x, size: tuple[int, int], scale_factor: float | None = None):
+    """F.interpolate(mode='nearest') for x (..., H, W, C): source index floor(i * in / out)."""
+    h, w = x.shape[-3], x.shape[-2]
+    out = []
+    for n_in, n_out in ((h, size[0]), (w, size[1])):
+        step = np.float32(1.0 / scale_factor) if scale_factor else np.float32(n_in / n_out)
+        out.append(np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * step).astype(np.int32), n_in - 1))
+    x = jnp.take(x, jnp.asarray(out[0]), axis=x.ndim - 3)
+    return jnp.take(x, jnp.asarray(out[1]), axis=x.ndim - 2)

@@ -1,0 +1,187 @@
+"""FuseFormer (Liu et al., ICCV 2021; ruiliu-ai/FuseFormer).
+
+    frames = models.build("fuseformer").apply(variables, masked_frames)
+
+masked_frames (B, T, H, W, 3) in [-1, 1] with holes at 0 (the mask is not an input); output
+(B, T, H, W, 3). The official weights fix the size to 240x432 (a 720-entry positional embedding and
+a per-pixel composition bias of 60x108); `resize_embeddings=True` interpolates both (bilinear) so
+other sizes (multiples of 4) run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ecformer_jax.layers.attention import MultiHeadAttention
+from ecformer_jax.layers.checks import check_video
+from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
+from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.resize import upsample_bilinear
+from ecformer_jax.models.registry import register
+
+
+class FuseFormer(nn.Module):
+    """Encoder -> soft split -> positional embedding -> 8 blocks (global attention + fusion FFN)
+    -> soft composition + residual -> decoder -> tanh."""
+
+    hidden: int = 512
+    heads: int = 4
+    num_blocks: int = 8
+    kernel: int = 7
+    stride: int = 3
+    padding: int = 3
+    ffn_hidden: int = 1960
+    base_size: tuple = (240, 432)  # frame size the positional embedding and composition bias belong to
+    resize_embeddings: bool = False
+    dtype: Any = jnp.float32
+
+    def check_size(self, height: int, width: int):
+        if height % 4 or width % 4:
+            raise ValueError(f"FuseFormer needs frame sizes that are multiples of 4; got {height}x{width}")
+        if (height, width) != tuple(self.base_size) and not self.resize_embeddings:
+            bh, bw = self.base_size
+            raise ValueError(
+                f"FuseFormer's weights are made for {bh}x{bw} frames (a {grid_size(bh // 4, bw // 4, self.kernel, self.stride, self.padding)} "
+                f"positional embedding and a {bh // 4}x{bw // 4} composition bias); got {height}x{width}. "
+                "Resize the video to that size (the inpaint command does), or build the model with "
+                "resize_embeddings=True to interpolate the embedding and bias to the new size."
+            )
+
+    @nn.compact
+    def __call__(self, masked_frames):
+        b, t, height, width, _ = check_video(masked_frames, "masked_frames", 3)
+        self.check_size(height, width)
+        h, w = height // 4, width // 4
+        bh, bw = self.base_size[0] // 4, self.base_size[1] // 4
+        k, s, p = self.kernel, self.stride, self.padding
+        nh, nw = grid_size(h, w, k, s, p)
+        nh0, nw0 = grid_size(bh, bw, k, s, p)
+
+        x = masked_frames.astype(self.dtype).reshape(b * t, height, width, 3)
+        enc = Encoder(self.dtype, name="encoder")(x)
+        self.sow("intermediates", "encoder_out", enc)
+        c = enc.shape[-1]
+
+        # soft split: overlapping k x k patches -> linear embedding
+        tokens = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="ss")(unfold(enc, k, s, p))
+        pos = self.param("pos_emb", normal_init, (nh0, nw0, self.hidden), jnp.float32)
+        if (nh, nw) != (nh0, nw0):
+            pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
+        tokens = (tokens + pos.astype(self.dtype)).reshape(b, t * nh * nw, self.hidden)
+
+        for i in range(self.num_blocks):
+            tokens = FuseBlock(self.hidden, self.heads, self.ffn_hidden, (h, w), k, s, p, self.dtype,
+                               name=f"block{i}")(tokens, t)
+            self.sow("intermediates", f"transformer.{i}", tokens)
+
+        # soft composition: linear back to patches, overlaps summed, plus a per-pixel bias
+        patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="sc")(tokens)
+        sc = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
+        bias = self.param("sc_bias", nn.initializers.zeros, (bh, bw, c), jnp.float32)
+        if (h, w) != (bh, bw):
+            bias = upsample_bilinear(bias, (h, w), align_corners=False)
+        sc = sc + bias.astype(self.dtype)
+        self.sow("intermediates", "sc_out", sc)
+
+        y = Decoder(self.dtype, name="decoder")(enc + sc)
+        self.sow("intermediates", "decoder_out", y)
+        return jnp.tanh(y).reshape(b, t, height, width, 3)
+
+
+class Encoder(nn.Module):
+    """Four plain convs (x4 down, 256 channels = x0), then four convs whose input is x0 and the current
+    activation interleaved group by group (groups 2, 4, 8, 1). Output 128 channels."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for i, (features, stride) in enumerate(((64, 2), (64, 1), (128, 2), (256, 1), (384, 1))):
+            x = leaky_relu(conv2d(features, 3, stride, dtype=self.dtype, name=f"conv{i}")(x))
+            if i == 3:
+                x0 = x
+        for i, (features, groups) in enumerate(((512, 2), (384, 4), (256, 8), (128, 1)), start=5):
+            x = grouped_concat(x0, x, groups)
+            x = leaky_relu(conv2d(features, 3, groups=groups, dtype=self.dtype, name=f"conv{i}")(x))
+        return x
+
+
+class FuseBlock(nn.Module):
+    """Pre-norm block: x + MHA(LN(x)); x + F3N(LN(x))."""
+
+    hidden: int
+    heads: int
+    ffn_hidden: int
+    feature_size: tuple
+    kernel: int
+    stride: int
+    padding: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, frames: int):
+        ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
+        x = x + MultiHeadAttention(self.hidden, self.heads, self.dtype, name="attention")(ln("norm1")(x))
+        return x + FusionFeedForward(self.hidden, self.ffn_hidden, self.feature_size, self.kernel, self.stride,
+                                     self.padding, self.dtype, name="ffn")(ln("norm2")(x), frames)
+
+
+class FusionFeedForward(nn.Module):
+    """Linear up, fold the per-token features onto the frame (overlap-averaged), unfold, ReLU, linear down."""
+
+    hidden: int
+    ffn_hidden: int
+    feature_size: tuple
+    kernel: int
+    stride: int
+    padding: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, frames: int):
+        b, n, _ = x.shape
+        k, s, p = self.kernel, self.stride, self.padding
+        nh, nw = grid_size(*self.feature_size, k, s, p)
+        y = nn.Dense(self.ffn_hidden, dtype=self.dtype, kernel_init=normal_init, name="fc1")(x)
+        y = y.reshape(b * frames, nh, nw, self.ffn_hidden)
+        y = fold(y, self.feature_size, k, s, p) / jnp.asarray(overlap_count(self.feature_size, k, s, p), y.dtype)
+        y = unfold(y, k, s, p).reshape(b, n, self.ffn_hidden)
+        return nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="fc2")(jax.nn.relu(y))
+
+
+# --- checkpoint mapping ---------------------------------------------------------------------------
+def from_torch(sd, model: FuseFormer) -> dict:
+    enc = {f"conv{i}": sd.conv(f"encoder.layers.{2 * i}") for i in range(9)}
+    params = {"encoder": enc}
+    for i in range(model.num_blocks):
+        p = f"transformer.{i}"
+        params[f"block{i}"] = {
+            "attention": {
+                "query": sd.linear(f"{p}.attention.query_embedding"),
+                "key": sd.linear(f"{p}.attention.key_embedding"),
+                "value": sd.linear(f"{p}.attention.value_embedding"),
+                "out": sd.linear(f"{p}.attention.output_linear"),
+            },
+            "ffn": {"fc1": sd.linear(f"{p}.ffn.conv1.0"), "fc2": sd.linear(f"{p}.ffn.conv2.2")},
+            "norm1": sd.norm(f"{p}.norm1"),
+            "norm2": sd.norm(f"{p}.norm2"),
+        }
+    bh, bw = model.base_size[0] // 4, model.base_size[1] // 4
+    nh, nw = grid_size(bh, bw, model.kernel, model.stride, model.padding)
+    params["ss"] = sd.linear("ss.embedding")
+    params["pos_emb"] = sd.tensor("add_pos_emb.pos_emb", lambda a: a.reshape(nh, nw, -1) if a.size == nh * nw * a.shape[-1] else a)
+    params["sc"] = sd.linear("sc.embedding")
+    params["sc_bias"] = sd.tensor("sc.bias", lambda a: a.transpose(1, 2, 0))
+    params["decoder"] = decoder_from_torch(sd)
+    return {"params": params}
+
+
+def example_inputs(model: FuseFormer):
+    return (jnp.zeros((1, 1, *model.base_size, 3), jnp.float32),)
+
+
+register("fuseformer", FuseFormer, from_torch, example_inputs, kind="inpainting",
+         description="FuseFormer generator (ICCV 2021), 240x432")
