@@ -67,3 +67,5 @@ register("sttn_discriminator", Discriminator, from_torch, example_inputs, kind="
          defaults={"nf": 64}, description="STTN T-PatchGAN discriminator (nf=64)")
 register("fuseformer_discriminator", Discriminator, from_torch, example_inputs, kind="discriminator",
          defaults={"nf": 32}, description="FuseFormer / DSTT T-PatchGAN discriminator (nf=32)")
+register("dstt_discriminator", Discriminator, from_torch, example_inputs, kind="discriminator",
+         defaults={"nf": 32}, description="DSTT T-PatchGAN discriminator (nf=32; the same network as FuseFormer's)")

@@ -1,6 +1,9 @@
 """Parity of STTN, FuseFormer and their discriminators against the official PyTorch fixtures."""
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import numpy as np
 import pytest
 
@@ -15,7 +18,7 @@ OURS = {"encoder": "encoder_out", "decoder": "decoder_out", "sc": "sc_out"}
 def _run_sttn(npz, variables):
     frames, masks = parity.inputs(npz)
     model = models.build("sttn")
-    out, state = model.apply(variables, frames * (1 - masks), masks, mutable=["intermediates"])
+    out, state = jax.jit(partial(model.apply, mutable=["intermediates"]))(variables, frames * (1 - masks), masks)
     inter = state["intermediates"]
     b, t = frames.shape[:2]
     flat = lambda a: np.asarray(a).reshape(b * t, *a.shape[2:]) if a.ndim == 5 else np.asarray(a)
@@ -28,7 +31,7 @@ def _run_sttn(npz, variables):
 def _run_fuseformer(npz, variables):
     frames, masks = parity.inputs(npz)
     model = models.build("fuseformer")
-    out, state = model.apply(variables, frames * (1 - masks), mutable=["intermediates"])
+    out, state = jax.jit(partial(model.apply, mutable=["intermediates"]))(variables, frames * (1 - masks))
     inter = state["intermediates"]
     b, t = frames.shape[:2]
     res = {"output/frames": parity.nhwc_to_nchw(np.asarray(out).reshape(b * t, *out.shape[2:]))}
@@ -46,7 +49,7 @@ def _run_discriminator(name):
         clip = frames.reshape(1, b * t, *frames.shape[2:])  # the official D sees B*T frames as one clip
         if name == "sttn_discriminator":
             clip = frames[:1]
-        logits, state = models.build(name).apply(variables, clip, mutable=["intermediates"])
+        logits, state = jax.jit(partial(models.build(name).apply, mutable=["intermediates"]))(variables, clip)
         res = {"output/logits": np.moveaxis(np.asarray(logits), -1, 2)}  # (1, T, C, H', W')
         for k, v in state["intermediates"].items():
             res[f"intermediate/{k}"] = np.moveaxis(np.asarray(v[0]), -1, 1)  # NCDHW

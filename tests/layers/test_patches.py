@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+
+
+@pytest.mark.parametrize("h,w,k,s,p", [(60, 108, 7, 3, 3), (13, 17, 3, 2, 1), (8, 8, 4, 4, 0)])
+def test_unfold_fold_match_torch(h, w, k, s, p):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, h, w, 5)).astype(np.float32)
+    ref = F.unfold(torch.from_numpy(x).permute(0, 3, 1, 2), k, stride=s, padding=p)  # (N, C*k*k, L)
+    nh, nw = grid_size(h, w, k, s, p)
+    ours = np.asarray(unfold(x, k, s, p))
+    assert ours.shape == (2, nh, nw, 5 * k * k)
+    np.testing.assert_array_equal(ours.reshape(2, nh * nw, -1).transpose(0, 2, 1), ref.numpy())
+
+    patches = rng.standard_normal((2, nh, nw, 5 * k * k)).astype(np.float32)
+    tp = torch.from_numpy(patches.reshape(2, nh * nw, -1).transpose(0, 2, 1).copy())
+    ref_fold = F.fold(tp, (h, w), k, stride=s, padding=p).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(np.asarray(fold(patches, (h, w), k, s, p)), ref_fold, atol=1e-5)
+
+    ones = torch.ones(1, k * k, nh * nw)
+    np.testing.assert_array_equal(overlap_count((h, w), k, s, p)[..., 0], F.fold(ones, (h, w), k, stride=s, padding=p)[0, 0].numpy())
+
+
+def test_fold_rejects_wrong_grid():
+    with pytest.raises(ValueError, match="patch grid does not fit"):
+        fold(np.zeros((1, 3, 3, 49), np.float32), (60, 108), 7, 3, 3)
