@@ -53,3 +53,24 @@ def resize_nearest(x, size: tuple[int, int], scale_factor: float | None = None):
         out.append(np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * step).astype(np.int32), n_in - 1))
     x = jnp.take(x, jnp.asarray(out[0]), axis=x.ndim - 3)
     return jnp.take(x, jnp.asarray(out[1]), axis=x.ndim - 2)
+
+
+def avg_pool2d(x, kernel_size: int = 2, stride: int | None = None):
+    """F.avg_pool2d(kernel_size, stride, padding=0) for x (..., H, W, C) (count_include_pad is moot
+    without padding). Output size floor((in - k) / s) + 1, trailing rows/columns dropped as in PyTorch."""
+    k = int(kernel_size)
+    s = k if stride is None else int(stride)
+    h, w = x.shape[-3], x.shape[-2]
+    if h < k or w < k:
+        raise ValueError(f"avg_pool2d: input {h}x{w} is smaller than the {k}x{k} kernel")
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    if k == s:
+        lead = x.shape[:-3]
+        x = x[..., : ho * k, : wo * k, :].reshape(*lead, ho, k, wo, k, x.shape[-1])
+        return x.sum(axis=(-4, -2)) / (k * k)
+    import jax
+
+    window = (1,) * (x.ndim - 3) + (k, k, 1)
+    strides = (1,) * (x.ndim - 3) + (s, s, 1)
+    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, strides, "VALID")
+    return total / (k * k)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecformer_jax.layers.conv import normal_init
+from ecformer_jax.layers.conv import conv3d, normal_init
 
 
 def _normalize(x, eps=1e-12):
@@ -57,10 +57,4 @@ class SpectralNormConv3d(nn.Module):
         uu, vv = jax.lax.stop_gradient(u.value), jax.lax.stop_gradient(v.value)
         sigma = uu @ (w_mat @ vv)
         w = (kernel / sigma).astype(self.dtype)
-        return jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            w,
-            window_strides=self.strides,
-            padding=[(p, p) for p in self.padding],
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
+        return conv3d(x.astype(self.dtype), w, self.strides, [(p, p) for p in self.padding])

@@ -1,7 +1,9 @@
 """Model registry: `models.build(name, **overrides)`, `models.names()`, `models.get(name)`."""
-from ecformer_jax.models.registry import build, get, init, name_of, names, register
+from ecformer_jax.models.registry import build, generate, get, init, name_of, names, register
 
 # importing a model file registers it
-from ecformer_jax.models import discriminators, fuseformer, sttn  # noqa: E402,F401
+from ecformer_jax.models import (  # noqa: E402,F401
+    discriminators, dstt, e2fgvi, fuseformer, spynet, sttn, vsr_transformer,
+)
 
-__all__ = ["build", "get", "init", "name_of", "names", "register"]
+__all__ = ["build", "generate", "get", "init", "name_of", "names", "register"]

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import leaky_relu, normal_init
+from ecformer_jax.layers.conv import Conv3d, leaky_relu
 from ecformer_jax.layers.spectral import SpectralNormConv3d
 from ecformer_jax.models.registry import register
 
@@ -36,12 +36,10 @@ class Discriminator(nn.Module):
             if self.use_spectral_norm:
                 x = SpectralNormConv3d(features, padding=pad, dtype=self.dtype, name=f"conv{i}")(x, update_stats=train)
             else:
-                x = nn.Conv(features, (3, 5, 5), (1, 2, 2), [(p, p) for p in pad], use_bias=False,
-                            dtype=self.dtype, kernel_init=normal_init, name=f"conv{i}")(x)
+                x = Conv3d(features, padding=pad, use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
             self.sow("intermediates", f"conv.{2 * i}", x)
             x = leaky_relu(x)
-        x = nn.Conv(self.nf * 4, (3, 5, 5), (1, 2, 2), [(1, 1), (2, 2), (2, 2)], dtype=self.dtype,
-                    kernel_init=normal_init, name="conv5")(x)
+        x = Conv3d(self.nf * 4, dtype=self.dtype, name="conv5")(x)
         self.sow("intermediates", "conv.10", x)
         return nn.sigmoid(x) if self.use_sigmoid else x
 

@@ -26,15 +26,18 @@ class ModelEntry:
     takes_masks: bool = False
     wrappers: tuple = GENERATOR_WRAPPERS
     description: str = ""
+    generate: Callable | None = None  # (module, variables, masked, masks, num_local_frames) -> (frames, extras)
+    extra_losses: tuple = ()  # loss terms the trainer adds for this model, e.g. ("flow",)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name, module, from_torch, example_inputs, kind, takes_masks=False, defaults=None, description=""):
+def register(name, module, from_torch, example_inputs, kind, takes_masks=False, defaults=None, description="",
+             generate=None, extra_losses=()):
     wrappers = DISCRIMINATOR_WRAPPERS if kind == "discriminator" else GENERATOR_WRAPPERS
     _REGISTRY[name] = ModelEntry(name, module, dict(defaults or {}), from_torch, example_inputs, kind,
-                                 takes_masks, wrappers, description)
+                                 takes_masks, wrappers, description, generate, tuple(extra_losses))
 
 
 def names(kind: str | None = None) -> list[str]:
@@ -69,6 +72,26 @@ def init(model: nn.Module, name: str | None = None, rng=None, dtype=jnp.float32)
     entry = get(name or name_of(model))
     rng = jax.random.key(0) if rng is None else rng
     return model.init(rng, *entry.example_inputs(model))
+
+
+def generate(name: str, model: nn.Module, variables, masked_frames, masks, num_local_frames: int | None = None,
+             **kwargs):
+    """One call convention for every inpainting generator: returns (frames, extras).
+
+    masked_frames (B, T, H, W, 3) in [-1, 1] with holes at 0, masks (B, T, H, W, 1), 1 = hole.
+    extras holds model-specific outputs (E2FGVI: {"flows": (forward, backward)}). kwargs go to apply
+    (e.g. mutable=...), in which case the apply's extra return value is in extras["state"].
+    """
+    entry = get(name)
+    if entry.kind != "inpainting":
+        raise ValueError(f"model '{name}' is a {entry.kind} model, not an inpainting generator")
+    if entry.generate is not None:
+        return entry.generate(model, variables, masked_frames, masks, num_local_frames, **kwargs)
+    args = (masked_frames, masks) if entry.takes_masks else (masked_frames,)
+    out = model.apply(variables, *args, **kwargs)
+    if kwargs.get("mutable"):
+        return out[0], {"state": out[1]}
+    return out, {}
 
 
 def as_torch_layout(x: Any):  # pragma: no cover - convenience for users comparing with torch

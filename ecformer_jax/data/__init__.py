@@ -1,0 +1,1 @@
+"""Video input/output, masks, synthetic clips and the training data pipeline."""

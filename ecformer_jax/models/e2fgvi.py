@@ -1,0 +1,392 @@
+"""E2FGVI and E2FGVI-HQ (Li et al., "Towards An End-to-End Framework for Flow-Guided Video Inpainting",
+CVPR 2022; MCG-NKU/E2FGVI).
+
+    frames, (flows_forward, flows_backward) = models.build("e2fgvi").apply(
+        variables, masked_frames, num_local_frames=L)
+
+masked_frames (B, T, H, W, 3) in [-1, 1] with holes at 0 (the mask is not an input); the first L frames
+are a window of consecutive local frames, the remaining T - L distant reference frames. Returns the
+frames (B, T, H, W, 3) after tanh for ALL T frames, and the completed flows of the local frames at 1/4
+resolution, (B, L - 1, H/4, W/4, 2) each, channel 0 horizontal: flows_forward[:, i] = SPyNet(frame i ->
+frame i + 1), flows_backward[:, i] = SPyNet(frame i + 1 -> frame i). `num_local_frames` must be a
+Python int (static under jit); None means all T frames are local.
+
+Pipeline: flow completion (SPyNet on the masked local frames at 1/4) -> encoder -> bidirectional
+second-order flow-guided deformable propagation over the local frames -> soft split (7x7 patches,
+stride 3) -> 8 temporal focal transformer blocks -> soft composition + residual -> decoder -> tanh.
+
+"e2fgvi" (the CVPR model) is tied to 240x432 by its per-pixel composition bias (128, 60, 108);
+`resize_embeddings=True` interpolates that bias (bilinear) so other valid sizes run. "e2fgvi_hq"
+replaces the bias by a 3x3 conv and takes any valid size: H, W multiples of 4 whose token grid
+((H/4 - 1) // 3 + 1, (W/4 - 1) // 3 + 1) is a whole number of 5x9 windows - multiples of (60, 108)
+always are, and `pad_to_multiple` / `crop` do the official test-time mirror padding.
+
+Intermediates (apply(..., mutable=["intermediates"])): encoder_out, update_spynet/basic_module.5
+(finest SPyNet residual; SPyNet runs both directions as one batch, the first B*(L-1) rows are the
+flows_forward pairs), feat_prop/align_backward and align_forward (raw deformable-alignment outputs,
+one per step from step 1), feat_prop_out (B, L, h, w, C), transformer.{i} (tokens (B, T, nh, nw, C)),
+sc_out, decoder_out (pre-tanh).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecformer_jax.convert.state_dict import CheckpointError
+from ecformer_jax.layers.checks import check_video
+from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, normal_init
+from ecformer_jax.layers.deform import SecondOrderDeformableAlignment, deform_align_from_torch
+from ecformer_jax.layers.flow import SPyNet, flow_warp, spynet_from_torch
+from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.resize import upsample_bilinear
+from ecformer_jax.layers.windows import FocalPool, TemporalFocalAttention, rolled_ring_indices
+from ecformer_jax.models.fuseformer import Encoder
+from ecformer_jax.models.registry import register
+
+# test.py pads frames to multiples of these (the token grid then tiles into 5x9 windows)
+PAD_MULTIPLE = (60, 108)
+
+
+class E2FGVI(nn.Module):
+    """The CVPR'22 generator (`model/e2fgvi.py`): composition bias tensor, fixed 240x432 weights."""
+
+    hidden: int = 512
+    heads: int = 4
+    num_blocks: int = 8
+    window: tuple = (5, 9)
+    focal_window: tuple = (5, 9)
+    kernel: int = 7
+    stride: int = 3
+    padding: int = 3
+    ffn_hidden: int = 1960
+    base_size: tuple = (240, 432)  # frame size of the composition bias (CVPR model only)
+    resize_embeddings: bool = False  # CVPR model: interpolate the composition bias to other sizes
+    dtype: Any = jnp.float32
+
+    hq: ClassVar[bool] = False
+
+    # --- input checks -----------------------------------------------------------------------------
+    def check_size(self, height: int, width: int):
+        name = "E2FGVI-HQ" if self.hq else "E2FGVI"
+        if height % 4 or width % 4:
+            raise ValueError(
+                f"{name} needs frame sizes that are multiples of 4 (the flows at 1/4 must match the encoder's "
+                f"1/4 feature map); got {height}x{width}. Pad with e2fgvi.pad_to_multiple (multiples of "
+                f"{PAD_MULTIPLE[0]}x{PAD_MULTIPLE[1]}) and crop the output back."
+            )
+        nh, nw = grid_size(height // 4, width // 4, self.kernel, self.stride, self.padding)
+        wh, ww = self.window
+        if nh % wh or nw % ww:
+            raise ValueError(
+                f"{name} cannot run on {height}x{width} frames: their {nh}x{nw} token grid is not a whole number of "
+                f"{wh}x{ww} attention windows. Pad the frames with e2fgvi.pad_to_multiple (to multiples of "
+                f"{PAD_MULTIPLE[0]}x{PAD_MULTIPLE[1]}, as the official test.py does) and crop the output back."
+            )
+        if not self.hq and (height, width) != tuple(self.base_size) and not self.resize_embeddings:
+            bh, bw = self.base_size
+            raise ValueError(
+                f"E2FGVI's weights are made for {bh}x{bw} frames (a {bh // 4}x{bw // 4} composition bias); got "
+                f"{height}x{width}. Resize the video to that size (the official test.py does), use e2fgvi_hq, or "
+                "build the model with resize_embeddings=True to interpolate the bias to the new size."
+            )
+
+    @staticmethod
+    def check_local_frames(num_local_frames, t: int) -> int:
+        if num_local_frames is None:
+            num_local_frames = t
+        if isinstance(num_local_frames, bool) or not isinstance(num_local_frames, (int, np.integer)):
+            raise ValueError(
+                "num_local_frames must be a Python int (static under jit: jax.jit(..., static_argnames="
+                f"'num_local_frames')); got {type(num_local_frames).__name__}"
+            )
+        if not 2 <= num_local_frames <= t:
+            raise ValueError(
+                f"num_local_frames must be between 2 and the number of frames T = {t} (flows need a pair of local "
+                f"frames); got {num_local_frames}"
+            )
+        return int(num_local_frames)
+
+    # --- forward ----------------------------------------------------------------------------------
+    @nn.compact
+    def __call__(self, masked_frames, num_local_frames: int | None = None):
+        b, t, height, width, _ = check_video(masked_frames, "masked_frames", 3)
+        lt = self.check_local_frames(num_local_frames, t)
+        self.check_size(height, width)
+        h, w = height // 4, width // 4
+        k, s, p = self.kernel, self.stride, self.padding
+        nh, nw = grid_size(h, w, k, s, p)
+
+        # 1. flow completion on the masked local frames, mapped to [0, 1] (holes 0.5), at 1/4 (float32)
+        local = (masked_frames[:, :lt].astype(jnp.promote_types(masked_frames.dtype, jnp.float32)) + 1) / 2
+        local = upsample_bilinear(local.reshape(b * lt, height, width, 3), (h, w), align_corners=True)
+        local = local.reshape(b, lt, h, w, 3)
+        first = local[:, :-1].reshape(b * (lt - 1), h, w, 3)
+        second = local[:, 1:].reshape(b * (lt - 1), h, w, 3)
+        # both directions in one batched call: rows [0, n) = SPyNet(first, second), [n, 2n) = the reverse
+        flows = SPyNet(self.dtype, name="update_spynet")(jnp.concatenate([first, second]),
+                                                         jnp.concatenate([second, first]))
+        flows_forward = flows[: b * (lt - 1)].reshape(b, lt - 1, h, w, 2)
+        flows_backward = flows[b * (lt - 1):].reshape(b, lt - 1, h, w, 2)
+
+        # 2. encoder on all frames
+        x = masked_frames.astype(self.dtype).reshape(b * t, height, width, 3)
+        enc = Encoder(self.dtype, name="encoder")(x)
+        self.sow("intermediates", "encoder_out", enc)
+        c = enc.shape[-1]
+        enc = enc.reshape(b, t, h, w, c)
+
+        # 3. propagation over the local frames. QUIRK (official argument order): flows_forward drives the
+        #    'backward_' branch and flows_backward the 'forward_' branch.
+        local_feat = BidirectionalPropagation(c, self.dtype, name="feat_prop")(enc[:, :lt], flows_forward,
+                                                                                flows_backward)
+        self.sow("intermediates", "feat_prop_out", local_feat)
+        feat = jnp.concatenate([local_feat, enc[:, lt:]], axis=1).reshape(b * t, h, w, c)
+
+        # 4. soft split -> temporal focal transformer -> soft composition (overlaps SUMMED)
+        tokens = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="ss")(unfold(feat, k, s, p))
+        tokens = tokens.reshape(b, t, nh, nw, self.hidden)
+        for i in range(self.num_blocks):
+            tokens = TemporalFocalBlock(self.hidden, self.heads, self.window, self.focal_window, self.ffn_hidden,
+                                        k, s, p, self.dtype, name=f"block{i}")(tokens, (h, w))
+            self.sow("intermediates", f"transformer.{i}", tokens)
+        patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="sc")(tokens)
+        sc = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
+        if self.hq:
+            sc = conv2d(c, 3, dtype=self.dtype, name="sc_bias_conv")(sc)  # replaces the bias (not a residual)
+        else:
+            bh, bw = self.base_size[0] // 4, self.base_size[1] // 4
+            bias = self.param("sc_bias", nn.initializers.zeros, (bh, bw, c), jnp.float32)
+            if (h, w) != (bh, bw):
+                bias = upsample_bilinear(bias, (h, w), align_corners=False)
+            sc = sc + bias.astype(self.dtype)
+        self.sow("intermediates", "sc_out", sc)
+
+        # 5. decoder
+        y = Decoder(self.dtype, name="decoder")(feat + sc.astype(feat.dtype))
+        self.sow("intermediates", "decoder_out", y)
+        return jnp.tanh(y).reshape(b, t, height, width, 3), (flows_forward, flows_backward)
+
+
+class E2FGVIHQ(E2FGVI):
+    """E2FGVI-HQ (`model/e2fgvi_hq.py`): the composition bias becomes a 3x3 conv on the folded map, so
+    any valid size runs (`base_size` / `resize_embeddings` are unused)."""
+
+    hq: ClassVar[bool] = True
+
+
+# --- propagation ----------------------------------------------------------------------------------
+def _lrelu(x):
+    return jax.nn.leaky_relu(x, 0.1)
+
+
+class PropagationBackbone(nn.Module):
+    """conv3x3 -> LeakyReLU(0.1) -> conv3x3 (the residual of one propagation step)."""
+
+    channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = _lrelu(conv2d(self.channels, 3, dtype=self.dtype, name="conv0")(x))
+        return conv2d(self.channels, 3, dtype=self.dtype, name="conv1")(x)
+
+
+class BidirectionalPropagation(nn.Module):
+    """BasicVSR++-style second-order, flow-guided deformable propagation (E2FGVI's feat_prop_module).
+
+    __call__(x, backward_branch_flows, forward_branch_flows): x (B, L, H, W, C) local features, flows
+    (B, L - 1, H, W, 2). The 'backward' branch visits frames L-1, ..., 0 and the 'forward' branch 0, ...,
+    L-1; step s >= 1 of EITHER branch uses flows[:, s - 1] (and flows[:, s - 2] for the second-order
+    flow) - for the backward branch this index is not reversed (official quirk). Returns
+    fusion(cat[backward, forward]) + x, (B, L, H, W, C).
+    """
+
+    channels: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, backward_branch_flows, forward_branch_flows):
+        b, lt, h, w, c = x.shape
+        spatial = [x[:, i] for i in range(lt)]
+        branches = {}
+        for name, flows, order in (("backward", backward_branch_flows, range(lt - 1, -1, -1)),
+                                   ("forward", forward_branch_flows, range(lt))):
+            align = SecondOrderDeformableAlignment(dtype=self.dtype, name=f"deform_align_{name}")
+            backbone = PropagationBackbone(self.channels, self.dtype, name=f"backbone_{name}")
+            out = []
+            feat_prop = jnp.zeros((b, h, w, self.channels), x.dtype)
+            for step, idx in enumerate(order):
+                current = spatial[idx]
+                if step > 0:
+                    flow_n1 = flows[:, step - 1]
+                    cond_n1 = flow_warp(feat_prop, flow_n1)
+                    if step > 1:
+                        feat_n2 = out[-2]
+                        flow_n2 = flow_n1 + flow_warp(flows[:, step - 2], flow_n1)
+                        cond_n2 = flow_warp(feat_n2, flow_n2)
+                    else:
+                        feat_n2 = jnp.zeros_like(feat_prop)
+                        flow_n2 = jnp.zeros_like(flow_n1)
+                        cond_n2 = jnp.zeros_like(cond_n1)
+                    feat_prop = align(jnp.concatenate([feat_prop, feat_n2], axis=-1),
+                                      jnp.concatenate([cond_n1, current, cond_n2], axis=-1), flow_n1, flow_n2)
+                    self.sow("intermediates", f"align_{name}", feat_prop)
+                parts = [current] + ([branches["backward"][idx]] if name == "forward" else []) + [feat_prop]
+                feat_prop = feat_prop + backbone(jnp.concatenate(parts, axis=-1))
+                out.append(feat_prop)
+            branches[name] = out[::-1] if name == "backward" else out
+        fusion = conv2d(self.channels, 1, dtype=self.dtype, name="fusion")
+        fused = [fusion(jnp.concatenate([branches["backward"][i], branches["forward"][i]], axis=-1))
+                 for i in range(lt)]
+        return jnp.stack(fused, axis=1) + x
+
+
+# --- transformer ----------------------------------------------------------------------------------
+class TemporalFocalBlock(nn.Module):
+    """x + TemporalFocalAttention(LN(x), FocalPool(LN(x))); x + FusionFeedForward(LN(x)).
+
+    Tokens (B, T, nh, nw, C); `feature_size` is the (h, w) feature map the tokens were split from.
+    """
+
+    dim: int
+    heads: int
+    window: tuple
+    focal_window: tuple
+    ffn_hidden: int
+    kernel: int
+    stride: int
+    padding: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, feature_size):
+        ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
+        y = ln("norm1")(x)
+        pooled = FocalPool(self.window, self.dtype, name="pool")(y)
+        x = x + TemporalFocalAttention(self.dim, self.heads, self.window, self.focal_window, self.dtype,
+                                       name="attn")(y, pooled)
+        return x + FusionFeedForward(self.dim, self.ffn_hidden, self.kernel, self.stride, self.padding, self.dtype,
+                                     name="mlp")(ln("norm2")(x), feature_size)
+
+
+class FusionFeedForward(nn.Module):
+    """Linear up; fold the per-token features onto the feature map divided by the overlap count;
+    unfold; exact GELU; linear down. (B, T, nh, nw, C) -> same."""
+
+    dim: int
+    ffn_hidden: int
+    kernel: int
+    stride: int
+    padding: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, feature_size):
+        b, t, nh, nw, _ = x.shape
+        k, s, p = self.kernel, self.stride, self.padding
+        if self.ffn_hidden % (k * k):
+            raise ValueError(f"FusionFeedForward: ffn_hidden {self.ffn_hidden} must be a multiple of {k * k}")
+        y = nn.Dense(self.ffn_hidden, dtype=self.dtype, kernel_init=normal_init, name="fc1")(x)
+        y = fold(y.reshape(b * t, nh, nw, self.ffn_hidden), tuple(feature_size), k, s, p)
+        y = y / jnp.asarray(overlap_count(tuple(feature_size), k, s, p), y.dtype)
+        y = unfold(y, k, s, p).reshape(b, t, nh, nw, self.ffn_hidden)
+        return nn.Dense(self.dim, dtype=self.dtype, kernel_init=normal_init, name="fc2")(
+            jax.nn.gelu(y, approximate=False))
+
+
+# --- any resolution (official test.py padding) -----------------------------------------------------
+def pad_to_multiple(frames, multiple=PAD_MULTIPLE):
+    """Mirror-pad frames (..., H, W, C) at the bottom / right to multiples of `multiple` (h, w), as the
+    official test.py does: concatenate the vertically flipped clip below and crop, then the same
+    horizontally (symmetric padding, the edge row / column repeated). Returns (padded, (H, W)); pass
+    the original size to `crop`. Works on numpy and jax arrays; pads of more than the frame size keep
+    reflecting (the official code would fail there).
+    """
+    shape = getattr(frames, "shape", None)
+    if shape is None or len(shape) < 3:
+        raise ValueError(f"pad_to_multiple: frames must be (..., H, W, C); got shape {shape}")
+    mh, mw = multiple
+    if mh < 1 or mw < 1:
+        raise ValueError(f"pad_to_multiple: multiple must be positive; got {multiple}")
+    xp = np if isinstance(frames, np.ndarray) else jnp
+    height, width = shape[-3], shape[-2]
+    out = frames
+    for axis, n, m in ((-3, height, mh), (-2, width, mw)):
+        target = n + (m - n % m) % m
+        while out.shape[axis] < target:
+            out = xp.concatenate([out, xp.flip(out, axis=axis)], axis=axis)
+        index = [slice(None)] * out.ndim
+        index[axis] = slice(0, target)
+        out = out[tuple(index)]
+    return out, (height, width)
+
+
+def crop(frames, size):
+    """Undo `pad_to_multiple`: frames (..., H', W', C) -> (..., H, W, C) with size = (H, W)."""
+    h, w = size
+    if frames.shape[-3] < h or frames.shape[-2] < w:
+        raise ValueError(f"crop: frames of shape {tuple(frames.shape)} are smaller than the requested {h}x{w}")
+    return frames[..., :h, :w, :]
+
+
+# --- checkpoint mapping ---------------------------------------------------------------------------
+def from_torch(sd, model: E2FGVI) -> dict:
+    params = {"encoder": {f"conv{i}": sd.conv(f"encoder.layers.{2 * i}") for i in range(9)}}
+    params["update_spynet"] = spynet_from_torch(sd, "update_spynet")
+    fp = "feat_prop_module"
+    prop = {"fusion": sd.conv(f"{fp}.fusion")}
+    for name in ("backward", "forward"):
+        prop[f"deform_align_{name}"] = deform_align_from_torch(sd, f"{fp}.deform_align.{name}_")
+        prop[f"backbone_{name}"] = {"conv0": sd.conv(f"{fp}.backbone.{name}_.0"),
+                                    "conv1": sd.conv(f"{fp}.backbone.{name}_.2")}
+    params["feat_prop"] = prop
+    params["ss"] = sd.linear("ss.embedding")
+    expected_rolled = rolled_ring_indices(model.window, (model.window[0] // 2, model.window[1] // 2))
+    for i in range(model.num_blocks):
+        p = f"transformer.{i}"
+        key = f"{p}.attn.valid_ind_rolled"
+        if key in sd:  # a derivable buffer: check it, do not store it
+            got = sd.raw(key, np.int64).reshape(-1)
+            if got.shape != expected_rolled.shape or (got != expected_rolled).any():
+                raise CheckpointError(f"{key} = {got.tolist()} differs from the ring indices this model derives "
+                                      f"for window {tuple(model.window)}")
+        params[f"block{i}"] = {
+            "norm1": sd.norm(f"{p}.norm1"),
+            "pool": {"fc": sd.linear(f"{p}.pool_layers.0")},
+            "attn": {"qkv": sd.linear(f"{p}.attn.qkv"), "proj": sd.linear(f"{p}.attn.proj")},
+            "norm2": sd.norm(f"{p}.norm2"),
+            "mlp": {"fc1": sd.linear(f"{p}.mlp.conv1.0"), "fc2": sd.linear(f"{p}.mlp.conv2.1")},
+        }
+    params["sc"] = sd.linear("sc.embedding")
+    if model.hq:
+        params["sc_bias_conv"] = sd.conv("sc.bias_conv")
+    else:
+        params["sc_bias"] = sd.tensor("sc.bias", lambda a: a.transpose(1, 2, 0))
+    params["decoder"] = decoder_from_torch(sd)
+    return {"params": params}
+
+
+def example_inputs(model: E2FGVI):
+    return (jnp.zeros((1, 2, *model.base_size, 3), jnp.float32),)
+
+
+def generate(model: E2FGVI, variables, masked_frames, masks=None, num_local_frames=None, **kwargs):
+    """The registry's generator convention: (frames, {"flows": (forward, backward)}). The masks are not a
+    network input (holes are already 0 in masked_frames); kwargs go to apply (mutable=... adds "state")."""
+    out = model.apply(variables, masked_frames, num_local_frames=num_local_frames, **kwargs)
+    if kwargs.get("mutable"):
+        (frames, flows), state = out
+        return frames, {"flows": flows, "state": state}
+    frames, flows = out
+    return frames, {"flows": flows}
+
+
+register("e2fgvi", E2FGVI, from_torch, example_inputs, kind="inpainting", generate=generate, extra_losses=("flow",),
+         description="E2FGVI generator (CVPR 2022), 240x432; returns (frames, (flows_forward, flows_backward))")
+register("e2fgvi_hq", E2FGVIHQ, from_torch, example_inputs, kind="inpainting", generate=generate,
+         extra_losses=("flow",),
+         description="E2FGVI-HQ generator (CVPR 2022), any size (pad with e2fgvi.pad_to_multiple)")

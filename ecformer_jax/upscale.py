@@ -1,0 +1,163 @@
+"""x4 video super-resolution with VSR-Transformer, following the official test protocol.
+
+    python -m ecformer_jax.upscale --checkpoint net_g_latest.pth --video LR.mp4 --output SR.mp4
+    python -m ecformer_jax.upscale --checkpoint vimeo.pth --model vsr_transformer_vimeo \
+        --video lr_frames/ --output sr_frames/ --dtype bfloat16
+
+--checkpoint: an official .pth (`{'params': state_dict}`, 'module.' prefixes allowed) or a folder written
+by tools/convert_torch.py. --video: a video file or a folder of frames; --output: a video file (by its
+suffix, e.g. .mp4) or a folder that receives 00000.png, 00001.png, ...
+
+Every frame is the centre frame of a num_frames window (reflection-circle padding at the clip ends),
+computed on 64x64 LR crops at stride 32 and pasted back as the official `forward_crop` does; the
+result is clamped and rounded to uint8 (see ecformer_jax.inference.vsr). Frames of any size >= 64x64
+work. The input frames stay on the host; batches of crops go to the device. At the end a side-by-side
+video (bicubic x4 input | result) is written next to the output: SR_side_by_side.mp4.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ecformer_jax.data import video_io
+
+SIDE_BY_SIDE_SUFFIX = "_side_by_side"
+_FRAME_NAME = re.compile(r"^\d{5}\.png$")
+
+
+def side_by_side_path(output: str | os.PathLike) -> Path:
+    """OUT.mp4 -> OUT_side_by_side.mp4; a frame folder OUT -> OUT_side_by_side.mp4 beside it."""
+    output = Path(output)
+    if output.suffix.lower() in video_io.VIDEO_EXTS:
+        return output.with_name(output.stem + SIDE_BY_SIDE_SUFFIX + output.suffix)
+    return output.with_name(output.name + SIDE_BY_SIDE_SUFFIX + ".mp4")
+
+
+def _is_video_path(path: Path) -> bool:
+    return path.suffix.lower() in video_io.VIDEO_EXTS
+
+
+def check_outputs(video: Path, output: Path, overwrite: bool, side_by_side: bool):
+    """Refuse to clobber anything (input included) before any work is done."""
+    if output.resolve() == video.resolve():
+        raise ValueError(f"--output {output} is the input video itself; choose another path")
+    targets = [output] + ([side_by_side_path(output)] if side_by_side else [])
+    for target in targets:
+        if not target.exists():
+            continue
+        if target.is_dir() and not any(target.iterdir()):
+            continue  # an empty folder is fine
+        if not overwrite:
+            raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+        if _is_video_path(output) and target == output and target.is_dir():
+            raise ValueError(f"--output {output} names a video file but is an existing folder")
+
+
+def read_fps(path: Path, default: float) -> float:
+    if path.is_dir():
+        return default
+    try:
+        import imageio.v3 as iio
+
+        fps = float(iio.immeta(path).get("fps") or 0)
+    except Exception:
+        fps = 0.0
+    return fps if np.isfinite(fps) and fps > 0 else default
+
+
+def bicubic_x4(frames: np.ndarray, scale: int = 4) -> np.ndarray:
+    from PIL import Image
+
+    h, w = frames.shape[1:3]
+    return np.stack([video_io.resize(f, (scale * w, scale * h), Image.BICUBIC) for f in frames])
+
+
+def write_result(output: Path, frames: np.ndarray, fps: float):
+    if _is_video_path(output):
+        return video_io.write_video(output, frames, fps)
+    if output.is_dir():  # --overwrite: drop frames of an earlier, longer run
+        for f in output.iterdir():
+            if _FRAME_NAME.match(f.name) and int(f.name[:5]) >= len(frames):
+                f.unlink()
+    return video_io.write_frames(output, frames)
+
+
+def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=None, batch_size=16,
+            overlap=32, fps=None, side_by_side=True, progress=True) -> dict:
+    """The command's work as a function; returns a summary dict. Raises ValueError / FileExistsError /
+    CheckpointError (a ValueError) with a message naming the problem."""
+    from ecformer_jax.inference.vsr import SCALE, VSRUpscaler, crop_plan, load_model
+
+    video, output = Path(video), Path(output)
+    check_outputs(video, output, overwrite, side_by_side)
+    t0 = time.perf_counter()
+    frames = video_io.read_frames(video)  # VideoError (a ValueError) for missing / empty / unreadable input
+    n, h, w, _ = frames.shape
+    name, model, variables = load_model(checkpoint, model_name, dtype)
+    crop_plan(h, w, model.feat_size, overlap)  # too small frames: fail before compiling anything
+    upscaler = VSRUpscaler(model, variables, batch_size=batch_size, overlap=overlap)
+    fps = fps or read_fps(video, 24.0)
+    print(f"{name} (num_frames={model.num_frames}, depth={model.depth}, {np.dtype(model.dtype).name}): "
+          f"{n} frames {w}x{h} -> {SCALE * w}x{SCALE * h}, {len(crop_plan(h, w, model.feat_size, overlap).origins)} "
+          f"crops per frame", file=sys.stderr)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="frame", desc="upscale", file=sys.stderr)
+    try:
+        result = upscaler(frames, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    t_run = time.perf_counter() - t0
+    written = write_result(output, result, fps)
+    summary = {"model": name, "frames": n, "input_size": (w, h), "output_size": (SCALE * w, SCALE * h),
+               "output": str(written), "seconds": t_run}
+    if side_by_side:
+        path = side_by_side_path(output)
+        video_io.write_video(path, video_io.side_by_side(bicubic_x4(frames, SCALE), result), fps)
+        summary["side_by_side"] = str(path)
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ecformer_jax.upscale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="official .pth or a converted checkpoint folder")
+    p.add_argument("--video", required=True, help="LR video file or folder of frames")
+    p.add_argument("--output", required=True, help="output video file (.mp4, ...) or folder of PNG frames")
+    p.add_argument("--model", default=None,
+                   help="vsr_transformer (REDS, 5 frames; default for .pth) or vsr_transformer_vimeo (7 frames); "
+                        "a converted folder names its own model")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="compute dtype (default float32)")
+    p.add_argument("--batch-size", type=int, default=16, help="64x64 crops per device call (default 16)")
+    p.add_argument("--overlap", type=int, default=32, help="crop overlap in LR pixels (official test: 32)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's, else 24)")
+    p.add_argument("--no-side-by-side", action="store_true", help="skip the bicubic | result comparison video")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from ecformer_jax.convert import CheckpointError
+
+    try:
+        summary = upscale(args.checkpoint, args.video, args.output, model_name=args.model, overwrite=args.overwrite,
+                          dtype=args.dtype, batch_size=args.batch_size, overlap=args.overlap, fps=args.fps,
+                          side_by_side=not args.no_side_by_side, progress=not args.quiet)
+    except (CheckpointError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    (w, h), (ow, oh) = summary["input_size"], summary["output_size"]
+    print(f"{summary['frames']} frames {w}x{h} -> {ow}x{oh} in {summary['seconds']:.1f}s: {summary['output']}"
+          + (f" (side by side: {summary['side_by_side']})" if "side_by_side" in summary else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
