@@ -49,3 +49,23 @@ class MultiHeadAttention(nn.Module):
         q, k, v = (split_heads(dense(n)(x), self.heads) for n in ("query", "key", "value"))
         out = dot_product_attention(q, k, v)
         return dense("out")(merge_heads(out))
+
+
+def topk_attention(q, k, v, topk: int | None, scale: float | None = None):
+    """kNN attention: per query, softmax over only its `topk` highest-scoring keys (the rest get weight 0).
+
+    q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv). A key is kept when its score is >= the query's
+    topk-th largest score, so keys tied with that score are all kept; `topk` None or >= Lk is exactly
+    `dot_product_attention`. Dropped keys get -inf before the softmax: their weights and their gradients
+    are exactly zero. Scores and softmax run in float32; the result has q's dtype.
+    """
+    if topk is not None and (isinstance(topk, bool) or int(topk) < 1):
+        raise ValueError(f"topk_attention: topk must be a positive int or None; got {topk!r}")
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scores = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32) * scale
+    if topk is not None and int(topk) < scores.shape[-1]:
+        kth = jax.lax.stop_gradient(jax.lax.top_k(scores, int(topk))[0][..., -1:])
+        scores = jnp.where(scores >= kth, scores, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("...qk,...kd->...qd", probs, v)

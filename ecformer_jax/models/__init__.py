@@ -3,7 +3,7 @@ from ecformer_jax.models.registry import build, generate, get, init, name_of, na
 
 # importing a model file registers it
 from ecformer_jax.models import (  # noqa: E402,F401
-    discriminators, dstt, e2fgvi, fuseformer, spynet, sttn, vsr_transformer,
+    backbones, discriminators, dstt, e2fgvi, ecformer, fuseformer, i3d, mixers, spynet, sttn, vsr_transformer,
 )
 
 __all__ = ["build", "generate", "get", "init", "name_of", "names", "register"]

@@ -5,6 +5,11 @@
 masked_frames (B, T, H, W, 3) in [-1, 1] with holes at 0, masks (B, T, H, W, 1) with 1 = hole;
 output (B, T, H, W, 3) in [-1, 1]. As in the official code the masks do not change the output (the
 attention's masked_fill is discarded there); they are checked for shape only.
+
+`binarize=True` (not in the official model) makes the encoder / decoder convs (except the RGB-facing
+first and last) and the attention projections binary (layers/binary.py: sign weights with a
+per-channel scale, sign activations, straight-through gradients). The parameters keep their names and
+shapes, so a float checkpoint initialises the binarized model for fine-tuning.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecformer_jax.layers import binary
 from ecformer_jax.layers.attention import dot_product_attention
 from ecformer_jax.layers.checks import check_same_clip, check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, leaky_relu
@@ -29,6 +35,7 @@ class STTN(nn.Module):
     num_blocks: int = 8
     patch_sizes: tuple = OFFICIAL_PATCH_SIZES
     dtype: Any = jnp.float32
+    binarize: bool = False  # binary encoder / decoder convs and attention projections (not official)
 
     def check_size(self, height: int, width: int):
         h, w = height // 4, width // 4
@@ -53,13 +60,17 @@ class STTN(nn.Module):
             check_same_clip(masked_frames, masks)
         self.check_size(height, width)
         x = masked_frames.astype(self.dtype).reshape(b * t, height, width, 3)
-        x = Encoder(self.channels, self.dtype, name="encoder")(x)
+        x = Encoder(self.channels, self.dtype, self.binarize, name="encoder")(x)
         self.sow("intermediates", "encoder_out", x)
         x = x.reshape(b, t, *x.shape[1:])
         for i in range(self.num_blocks):
-            x = TransformerBlock(self.channels, self.patch_sizes, self.dtype, name=f"block{i}")(x)
+            x = TransformerBlock(self.channels, self.patch_sizes, self.dtype, self.binarize, name=f"block{i}")(x)
             self.sow("intermediates", f"transformer.{i}", x)
-        x = Decoder(self.dtype, name="decoder")(x.reshape(b * t, *x.shape[2:]))
+        if self.binarize:
+            decoder = binary.Decoder(self.dtype, binarize=True, name="decoder")
+        else:
+            decoder = Decoder(self.dtype, name="decoder")
+        x = decoder(x.reshape(b * t, *x.shape[2:]))
         self.sow("intermediates", "decoder_out", x)
         return jnp.tanh(x).reshape(b, t, height, width, 3)
 
@@ -67,11 +78,13 @@ class STTN(nn.Module):
 class Encoder(nn.Module):
     channels: int = 256
     dtype: Any = jnp.float32
+    binarize: bool = False  # binary convs after the first
 
     @nn.compact
     def __call__(self, x):
         for i, (features, stride) in enumerate(((64, 2), (64, 1), (128, 2), (self.channels, 1))):
-            x = leaky_relu(conv2d(features, 3, stride, dtype=self.dtype, name=f"conv{i}")(x))
+            x = leaky_relu(binary.conv2d(features, 3, stride, dtype=self.dtype, name=f"conv{i}",
+                                         binarize=self.binarize and i > 0)(x))
         return x
 
 
@@ -81,11 +94,13 @@ class TransformerBlock(nn.Module):
     channels: int
     patch_sizes: tuple
     dtype: Any = jnp.float32
+    binarize: bool = False  # binary attention projections
 
     @nn.compact
     def __call__(self, x):  # (B, T, h, w, C)
         b, t, h, w, c = x.shape
-        x = x + MultiScalePatchAttention(self.channels, self.patch_sizes, self.dtype, name="attention")(x)
+        x = x + MultiScalePatchAttention(self.channels, self.patch_sizes, self.dtype, self.binarize,
+                                         name="attention")(x)
         y = x.reshape(b * t, h, w, c)
         y = leaky_relu(conv2d(c, 3, dilation=2, dtype=self.dtype, name="ffn0")(y))
         y = leaky_relu(conv2d(c, 3, dtype=self.dtype, name="ffn1")(y))
@@ -99,11 +114,12 @@ class MultiScalePatchAttention(nn.Module):
     channels: int
     patch_sizes: tuple
     dtype: Any = jnp.float32
+    binarize: bool = False  # binary query / key / value projections and output conv
 
     @nn.compact
     def __call__(self, x):
         b, t, h, w, c = x.shape
-        proj = lambda name: nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02), name=name)
+        proj = lambda name: binary.dense(c, self.dtype, name, self.binarize)
         q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
         d = c // len(self.patch_sizes)
         outs = []
@@ -113,7 +129,7 @@ class MultiScalePatchAttention(nn.Module):
             o = dot_product_attention(tok(q), tok(k), tok(v), scale=(d * ph * pw) ** -0.5)
             outs.append(tokens_to_patches(o, (b, t, h, w, d), ph, pw))
         y = jnp.concatenate(outs, axis=-1).reshape(b * t, h, w, c)
-        y = leaky_relu(conv2d(c, 3, dtype=self.dtype, name="out")(y))
+        y = leaky_relu(binary.conv2d(c, 3, dtype=self.dtype, name="out", binarize=self.binarize)(y))
         return y.reshape(b, t, h, w, c)
 
 

@@ -1,0 +1,13 @@
+"""DSTT: the FuseFormer recipe with the DSTT generator (ruiliu-ai/DSTT): `configs/dstt.py[:tiny]`."""
+from ecformer_jax.training.config import inpainting_config, variant
+
+
+def get_config(arg=None):
+    c = inpainting_config("dstt", "dstt_discriminator", seed=2021)
+    c.data.layout = "frames"
+    c.optim.milestones = (400_000,)
+    c = variant(c, arg)
+    if arg == "tiny":
+        c.model.overrides.num_blocks = 2
+        c.model.overrides.resize_embeddings = True
+    return c

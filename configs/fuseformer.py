@@ -1,0 +1,13 @@
+"""FuseFormer on YouTube-VOS 2019 (ruiliu-ai/FuseFormer configs/youtube-vos.json): `configs/fuseformer.py[:tiny]`."""
+from ecformer_jax.training.config import inpainting_config, variant
+
+
+def get_config(arg=None):
+    c = inpainting_config("fuseformer", "fuseformer_discriminator", seed=2021)
+    c.data.layout = "frames"  # data/YouTubeVOS/train_all_frames/JPEGImages/<video>/*.jpg
+    c.optim.milestones = (400_000,)
+    c = variant(c, arg)
+    if arg == "tiny":
+        c.model.overrides.num_blocks = 2
+        c.model.overrides.resize_embeddings = True
+    return c

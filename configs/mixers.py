@@ -1,0 +1,13 @@
+"""Shared recipe of the token-mixer generators: the FuseFormer recipe with another token mixer.
+Used by configs/poolformer.py, swin.py, focal.py (not a config on its own)."""
+from ecformer_jax.training.config import inpainting_config, variant
+
+
+def recipe(model: str, arg=None):
+    c = inpainting_config(model, "fuseformer_discriminator", seed=2021)
+    c.data.layout = "frames"
+    c.optim.milestones = (400_000,)
+    c = variant(c, arg)
+    if arg == "tiny":
+        c.model.overrides.num_blocks = 2
+    return c

@@ -1,0 +1,13 @@
+"""STTN on YouTube-VOS 2018 (researchmm/STTN configs/youtube-vos.json): `configs/sttn.py[:tiny]`."""
+from ecformer_jax.training.config import inpainting_config, variant
+
+
+def get_config(arg=None):
+    c = inpainting_config("sttn", "sttn_discriminator", seed=2020)
+    c.data.layout = "zip"  # datasets/youtube-vos/JPEGImages/<video>.zip + train.json
+    c.optim.milestones = (150_000, 300_000)  # 1e-4, then 1e-5 from 150k, 1e-6 from 300k
+    c = variant(c, arg)
+    if arg == "tiny":
+        c.model.overrides.num_blocks = 2
+        c.model.overrides.patch_sizes = ((12, 24), (4, 8), (2, 4), (1, 2))  # 48x96 frames: 12x24 features
+    return c

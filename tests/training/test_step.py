@@ -1,0 +1,105 @@
+"""The jitted train step: learning, the NaN guard, a step for every generator, sharding equivalence."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ecformer_jax import models
+from ecformer_jax.training import sharding as shd
+from ecformer_jax.training.loop import NonFiniteError, _check_finite, setup
+from tests.conftest import ROOT
+from tests.training import helpers
+
+
+def _setup(c, mesh=None):
+    mesh = mesh or shd.make_mesh(1)
+    _, state, _, step = setup(c, mesh)
+    return state, step, mesh
+
+
+def test_loss_goes_down_on_a_fixed_clip():
+    c = helpers.config("sttn", **{"loss.adversarial_weight": 0.0})
+    state, step, mesh = _setup(c)
+    batch = shd.global_batch(helpers.fixed_batch(c), mesh)
+    l1 = []
+    for _ in range(15):
+        state, m = step(state, batch)
+        l1.append(float(m["hole_l1"] + m["valid_l1"]))
+    assert np.mean(l1[-3:]) < 0.85 * np.mean(l1[:3]), l1
+    assert int(state.step) == 15
+
+
+def test_non_finite_step_is_refused_and_reported():
+    c = helpers.config("sttn")
+    state, step, mesh = _setup(c)
+    poisoned = state.replace(g_params=jax.tree.map(lambda a: a * np.nan, state.g_params))
+    before = jax.device_get(poisoned.d_params)
+    new, _ = step(poisoned, shd.global_batch(helpers.fixed_batch(c), mesh))
+    assert int(new.bad_step) == 0
+    np.testing.assert_array_equal(jax.tree.leaves(jax.device_get(new.d_params))[0], jax.tree.leaves(before)[0])
+    with pytest.raises(NonFiniteError, match="non-finite loss or gradient at step 0"):
+        _check_finite(new)
+
+
+GENERATORS = ["sttn", "fuseformer", "dstt", "e2fgvi", "e2fgvi_hq", "poolformer", "swin", "focal", "ecformer"]
+
+
+def test_every_inpainting_generator_has_a_tiny_config():
+    missing = [n for n in models.names(kind="inpainting") if not (ROOT / "configs" / f"{n}.py").exists()]
+    assert not missing, f"inpainting models without configs/<name>.py: {missing}"
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_train_step_runs_for_generator(name):
+    c = helpers.config(name)
+    c.batch_size = 1
+    state, step, mesh = _setup(c)
+    before = jax.device_get(state.g_params)
+    state, m = step(state, shd.global_batch(helpers.fixed_batch(c), mesh))
+    m = jax.device_get(m)
+    assert all(np.isfinite(v) for v in m.values()), m
+    if "flow" in models.get(name).extra_losses:
+        assert "flow_l1" in m
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, jax.device_get(state.g_params))
+    assert any(jax.tree.leaves(changed))
+
+
+SHARDED = r"""
+import os, sys
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+jax.config.update("jax_default_matmul_precision", "highest")
+from tests.training import helpers
+from tests.training.test_step import _setup
+from ecformer_jax.training import sharding as shd
+assert jax.device_count() == 8
+c = helpers.config("sttn", batch_size=8)
+batch = helpers.fixed_batch(c)
+results = []
+for n, fsdp in ((1, False), (8, False), (8, True)):
+    c.mesh.shard_params = fsdp
+    state, step, mesh = _setup(c, shd.make_mesh(n))
+    for _ in range(2):
+        state, m = step(state, shd.global_batch(batch, mesh))
+    if fsdp:
+        specs = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda a: a.sharding, state.g_params))]
+        assert any(shd.DATA in tuple(s) for s in specs), "shard_params did not shard any parameter"
+    results.append((jax.device_get(state.g_params), float(m["g_loss"])))
+for params, loss in results[1:]:
+    assert abs(loss - results[0][1]) < 1e-4 * max(1, abs(loss)), (loss, results[0][1])
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][0])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+print("SHARDED-OK")
+"""
+
+
+def test_sharded_step_equals_single_device_step():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", SHARDED.format(root=str(ROOT))], env=env, capture_output=True,
+                         text=True, cwd=ROOT, timeout=900)
+    assert "SHARDED-OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
