@@ -1,0 +1,40 @@
+"""Subprocess entry for the resume and multi-process tests:
+
+    python tests/training/worker.py CONFIG WORKDIR OUT_NPZ [PROCESS_ID NUM_PROCESSES PORT]
+"""
+import os
+import runpy
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def main():
+    config_path, workdir, out = sys.argv[1:4]
+    import jax
+
+    if len(sys.argv) > 4:
+        pid, nproc, port = (int(a) for a in sys.argv[4:7])
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
+    jax.config.update("jax_default_matmul_precision", "highest")
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from ecformer_jax.training.loop import train
+
+    config = runpy.run_path(config_path)["get_config"]()
+    state = train(config, workdir)
+    # parameters are replicated: every process holds the whole value on each of its devices
+    params = jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data), state.g_params)
+    multihost_utils.sync_global_devices("worker-done")
+    if jax.process_index() == 0:
+        flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+                for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        np.savez(out, **flat)
+    print("WORKER-DONE", jax.process_index(), jax.device_count())
+
+
+if __name__ == "__main__":
+    main()
