@@ -17,6 +17,10 @@ sorted random subset of num_frames distinct frames, else num_frames consecutive 
 and 'local_ref' (E2FGVI: num_local consecutive frames at a random start, then num_ref sorted references
 drawn from the other frames; T = num_local + num_ref). The frames (not the masks, as in the official code)
 are flipped horizontally with p = 0.5 when data_cfg.flip.
+
+`make_dataset(..., task="sr")` gives super-resolution batches {"lr": uint8 (b_local, T, h, w, 3), "hr": uint8
+(b_local, T, 4h, 4w, 3)} with the same global-index design (see SRClipSampler: random HR crops, flips,
+rotations, temporal reverse; LR = PIL bicubic x4 downscale of the HR crop).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SAMPLINGS = ("random_or_consecutive", "local_ref")
 MASK_KINDS = ("random_shape", "folder")
+TASKS = ("inpainting", "sr", "super_resolution")
 _MAX_SKIPS = 20
 _ENDLESS = 2**50  # local elements in the (endless) stream
 
@@ -167,6 +172,77 @@ class ClipSampler:
                 "masks": np.ascontiguousarray(m, np.uint8)[..., None]}
 
 
+class SRClipSampler(ClipSampler):
+    """Super-resolution samples: global sample index g -> {"lr": uint8 (T, h, w, 3), "hr": uint8 (T, s*h,
+    s*w, 3)}, a pure function of (seed, g) like ClipSampler (same per-epoch video permutation).
+
+    Official recipe (BasicSR REDSDataset / Vimeo90KDataset with all_gt): num_frames frames at a random start
+    with step data.interval; a random gt_size x gt_size HR crop (its corner on the x`scale` LR grid), the same
+    for every frame; then random temporal reverse (data.random_reverse), horizontal flip (data.flip),
+    vertical flip and transpose (data.rotate), each with p = 0.5. The LR input is degraded on the fly: each
+    HR crop is downscaled x`scale` with PIL's BICUBIC filter (antialiased, close to MATLAB imresize, which
+    made REDS sharp_bicubic; the official loader reads LR frames made from the whole frame instead, which
+    differs only within a few pixels of the crop border)."""
+
+    def __init__(self, source: VideoSource, data_cfg, seed: int = 0):
+        self.source = source
+        self.seed = int(seed)
+        self.num_frames = int(data_cfg.num_frames)
+        self.interval = int(getattr(data_cfg, "interval", 1))
+        self.scale = int(getattr(data_cfg, "scale", 4))
+        self.gt_size = int(getattr(data_cfg, "gt_size", 256))
+        self.flip = bool(data_cfg.flip)
+        self.rotate = bool(getattr(data_cfg, "rotate", True))
+        self.random_reverse = bool(getattr(data_cfg, "random_reverse", True))
+        self.skip_bad = bool(data_cfg.skip_bad)
+        self.height, self.width = source.height, source.width
+        self.length = self.num_frames
+        self._perm = None
+        if self.num_frames < 1 or self.interval < 1 or self.scale < 1:
+            raise ValueError(f"super-resolution data needs num_frames, interval, scale >= 1; got "
+                             f"{self.num_frames}, {self.interval}, {self.scale}")
+        if self.gt_size < self.scale or self.gt_size % self.scale:
+            raise ValueError(f"data.gt_size={self.gt_size} must be a positive multiple of data.scale={self.scale}")
+        if self.gt_size > min(self.height, self.width):
+            raise ValueError(f"data.gt_size={self.gt_size} is bigger than the {self.width}x{self.height} frames "
+                             "(data.width x data.height): lower gt_size or raise the frame size")
+
+    def sample(self, video: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        src = self.source
+        n = src.num_frames(video)
+        span = (self.num_frames - 1) * self.interval + 1
+        if n < span:
+            raise VideoError(f"video {src.name(video)!r} ({src.path(video)}) has {n} frames, fewer than the "
+                             f"{span} frames a sample needs")
+        start = int(rng.integers(0, n - span + 1))
+        s, lq = self.scale, self.gt_size // self.scale
+        top = int(rng.integers(0, self.height // s - lq + 1)) * s
+        left = int(rng.integers(0, self.width // s - lq + 1)) * s
+        reverse, hflip, vflip, transpose = (rng.random(4) < 0.5).tolist()
+        hr = src.read(video, range(start, start + span, self.interval))
+        hr = hr[:, top:top + self.gt_size, left:left + self.gt_size]
+        if self.random_reverse and reverse:
+            hr = hr[::-1]
+        if self.flip and hflip:
+            hr = hr[:, :, ::-1]
+        if self.rotate and vflip:
+            hr = hr[:, ::-1]
+        if self.rotate and transpose:
+            hr = hr.transpose(0, 2, 1, 3)
+        hr = np.ascontiguousarray(hr, np.uint8)
+        return {"lr": bicubic_downscale(hr, s), "hr": hr}
+
+
+def bicubic_downscale(frames: np.ndarray, scale: int = 4) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, H // scale, W // scale, 3) with PIL BICUBIC (antialiased)."""
+    from PIL import Image
+
+    from ecformer_jax.data.video_io import resize
+
+    h, w = frames.shape[1:3]
+    return np.stack([resize(np.ascontiguousarray(f), (w // scale, h // scale), Image.BICUBIC) for f in frames])
+
+
 class _LocalToGlobal:
     def __init__(self, sampler: ClipSampler, b_local: int, process_index: int, process_count: int):
         self.sampler, self.b_local = sampler, b_local
@@ -192,11 +268,15 @@ class _Indices:
 
 
 def make_dataset(data_cfg, global_batch: int, process_index: int = 0, process_count: int = 1,
-                 seed: int = 0, source: VideoSource | None = None) -> grain.IterDataset:
+                 seed: int = 0, source: VideoSource | None = None, task: str = "inpainting") -> grain.IterDataset:
     """The endless grain IterDataset of this process's local batches (see the module doc).
 
     source: an already opened VideoSource (default: open_source(data_cfg)).
+    task: 'inpainting' ({"frames", "masks"} batches) or 'sr' / 'super_resolution' ({"lr", "hr"} batches,
+    see SRClipSampler); the same deterministic global-index design either way.
     """
+    if task not in TASKS:
+        raise ValueError(f"unknown data task {task!r}; expected one of {TASKS}")
     global_batch, process_count, process_index = int(global_batch), int(process_count), int(process_index)
     if global_batch < 1 or process_count < 1:
         raise ValueError(f"global_batch and process_count must be >= 1, got {global_batch}, {process_count}")
@@ -206,7 +286,8 @@ def make_dataset(data_cfg, global_batch: int, process_index: int = 0, process_co
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} out of range for {process_count} processes")
     b_local = global_batch // process_count
-    sampler = ClipSampler(source if source is not None else open_source(data_cfg), data_cfg, seed)
+    sampler_cls = ClipSampler if task == "inpainting" else SRClipSampler
+    sampler = sampler_cls(source if source is not None else open_source(data_cfg), data_cfg, seed)
     num_threads = max(int(data_cfg.num_threads), 0)
     ds = (grain.MapDataset.source(_Indices())
           .map(_LocalToGlobal(sampler, b_local, process_index, process_count))
@@ -228,4 +309,4 @@ def _ensure_absl_flags_parsed():
 
 
 __all__ = ["make_dataset", "ClipSampler", "MaskFolders", "sample_frame_indices", "global_sample_index",
-           "clip_length", "SAMPLINGS", "MASK_KINDS"]
+           "clip_length", "SAMPLINGS", "MASK_KINDS", "SRClipSampler", "bicubic_downscale", "TASKS"]

@@ -99,3 +99,63 @@ def variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collection
     config.optim.lr = 3e-4
     config.optim.milestones = (1_000_000,)
     return config
+
+
+def sr_config(model: str, **overrides) -> ml_collections.ConfigDict:
+    """The schema of the super-resolution task (models of registry kind 'super_resolution', e.g.
+    vsr_transformer): no discriminator, a pixel loss (Charbonnier or L1), Adam with the cosine-annealing-
+    with-restarts schedule (BasicSR CosineAnnealingRestartLR) and a separate parameter group for SPyNet
+    (frozen for optim.spynet_frozen_steps steps, then lr * optim.spynet_lr_mult). Defaults: the official
+    VSR-Transformer REDS recipe (spec section 8). The loop picks the task from the model's registry kind."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()
+    c.model.name = model
+    c.model.overrides = ml_collections.ConfigDict()  # module fields, e.g. depth, num_reconstruct_blocks
+    c.model.remat = False
+
+    c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "charbonnier"  # charbonnier: sqrt((x - y)^2 + eps) | l1
+    c.loss.eps = 1e-12
+    c.loss.reduction = "sum"  # sum (official: over all pixels and frames of the batch) | mean
+    c.loss.weight = 1.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # PyTorch Adam's L2 term (added to the gradient)
+    c.optim.grad_clip = 0.0  # global-norm clipping, 0 = off
+    c.optim.periods = (300_000, 300_000, 300_000, 300_000)  # CosineAnnealingRestartLR
+    c.optim.restart_weights = (1.0, 0.5, 0.5, 0.5)
+    c.optim.eta_min = 1e-7
+    c.optim.spynet_frozen_steps = 0  # official: the fixed-iterations option is commented out (0)
+    c.optim.spynet_lr_mult = 1.0  # official: one lr for every parameter
+
+    c.data = data_config(num_frames=5, width=1280, height=720, layout="frames", flip=True)
+    c.data.interval = 1  # frame interval of a sample (interval_list [1])
+    c.data.gt_size = 256  # HR crop side (the LR crop is gt_size // scale = 64, the model's input size)
+    c.data.scale = 4
+    c.data.random_reverse = True  # temporal reverse, p 0.5
+    c.data.rotate = True  # vertical flip and transpose (BasicSR use_rot), each p 0.5
+
+    c.batch_size = 32  # global (official: 4 per GPU x 8 GPUs)
+    c.num_steps = 1_200_000
+    c.seed = 10
+    c.init_from = ""  # converted checkpoint dir or official .pth (e.g. the *_warmup.pth), for finetuning
+
+    c.log_every = 100
+    c.image_every = 5_000
+    c.checkpoint_every = 5_000
+    c.keep_checkpoints = 3
+    c.async_checkpoints = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.shard_params = False
+
+    c.distributed = False
+    c.update(overrides)
+    return c

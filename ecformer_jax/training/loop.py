@@ -16,6 +16,7 @@ from ecformer_jax.data import pipeline
 from ecformer_jax.layers.flow import SPyNet
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.training import sharding as shd
+from ecformer_jax.training import sr
 from ecformer_jax.training.checkpoints import Checkpointer, abstract_with_shardings
 from ecformer_jax.training.metrics import MetricWriter, image_grid
 from ecformer_jax.training.state import build_models, create_state, example_batch, num_local
@@ -78,8 +79,15 @@ def check_batch(config, mesh):
                          f"and the {n_proc} processes")
 
 
+def is_super_resolution(config) -> bool:
+    """The task switch: models of registry kind 'super_resolution' train with training/sr.py."""
+    return models.get(config.model.name).kind == "super_resolution"
+
+
 def setup(config, mesh, init_variables=None):
     """Models, the sharded initial state and the jitted train step: (generator, state, shardings, step_fn)."""
+    if is_super_resolution(config):
+        return sr.setup(config, mesh, init_variables)
     generator, disc = build_models(config)
     state, shardings = create_state(config, generator, disc, mesh, jax.random.key(config.seed), init_variables)
     step_fn = jit_train_step(make_train_step(config, generator, disc, make_flow_targets(config, init_variables)),
@@ -97,8 +105,9 @@ def train(config, workdir: str, stop_after: int | None = None):
     init_variables = load_generator_variables(config) if config.init_from else None
     generator, state, shardings, step_fn = setup(config, mesh, init_variables)
 
+    sr_task = is_super_resolution(config)
     dataset = pipeline.make_dataset(config.data, config.batch_size, jax.process_index(), jax.process_count(),
-                                    seed=config.seed)
+                                    seed=config.seed, task="sr" if sr_task else "inpainting")
     iterator = iter(dataset)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, config.async_checkpoints)
     latest = ckpt.latest_step()
@@ -109,11 +118,15 @@ def train(config, workdir: str, stop_after: int | None = None):
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
 
-    nl = num_local(config)
-    preview = jax.jit(lambda p, masked, masks: models.generate(config.model.name, generator, {"params": p},
-                                                               masked, masks, num_local_frames=nl)[0])
+    if sr_task:
+        sr_preview = sr.make_preview(config, generator)
+        frames_per_batch = config.batch_size * int(config.data.num_frames)
+    else:
+        nl = num_local(config)
+        preview = jax.jit(lambda p, masked, masks: models.generate(config.model.name, generator, {"params": p},
+                                                                   masked, masks, num_local_frames=nl)[0])
+        frames_per_batch = config.batch_size * example_batch(config)["frames"].shape[1]
     writer = MetricWriter(workdir, enabled=lead)
-    frames_per_batch = config.batch_size * example_batch(config)["frames"].shape[1]
 
     start = int(jax.device_get(state.step))
     end = config.num_steps if stop_after is None else min(config.num_steps, start + stop_after)
@@ -132,9 +145,13 @@ def train(config, workdir: str, stop_after: int | None = None):
                 rate = (done - s0) / dt if dt > 0 else 0.0
                 metrics.update(steps_per_s=rate, frames_per_s=rate * frames_per_batch)
                 writer.scalars(done, metrics)
-                bar.set_postfix(g=f"{metrics['g_loss']:.3f}", d=f"{metrics['d_loss']:.3f}", fps=f"{rate * frames_per_batch:.1f}")
+                shown = {"g": "g_loss", "d": "d_loss", "psnr": "psnr"}
+                bar.set_postfix(**{k: f"{metrics[m]:.3f}" for k, m in shown.items() if m in metrics},
+                                fps=f"{rate * frames_per_batch:.1f}")
                 t0, s0 = time.perf_counter(), done
-            if config.image_every and done % config.image_every == 0:
+            if config.image_every and done % config.image_every == 0 and sr_task:
+                writer.image(done, "lr_bicubic_output_target", sr_preview(state.g_params, batch))
+            elif config.image_every and done % config.image_every == 0:
                 frames = batch["frames"].astype(jnp.float32) / 127.5 - 1
                 masks = batch["masks"].astype(jnp.float32)
                 masked = frames * (1 - masks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow_datasets", reason="optional: pip install tensorflow-datasets importlib_resources")
+import tensorflow_datasets  # noqa: E402,F401  (in the [test] extra)
 
 from ecformer_jax.data import pipeline  # noqa: E402
 from ecformer_jax.data import tfds as etfds  # noqa: E402

@@ -2,7 +2,6 @@
 finite differences; the second-order alignment's offset plumbing and its converter."""
 from __future__ import annotations
 
-import importlib.util
 import zlib
 
 import jax
@@ -162,18 +161,6 @@ def test_integer_offset_is_a_shift_and_dy_comes_first():
     expect = np.zeros_like(x)
     expect[:, :, :-1, 2:] = 0.5 * x[:, :, 1:, :-2]
     np.testing.assert_allclose(ours, expect, atol=1e-6)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed")
-def test_matches_torchvision_deform_conv2d():  # pragma: no cover - torchvision absent here
-    from torchvision.ops import deform_conv2d
-
-    rng = np.random.default_rng(3)
-    x, offset, mask, weight, bias = _case(rng, 2, 8, 4, 6, 7, 3, 1, 1, 1, 1, 4)
-    t = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
-    ref = deform_conv2d(t(x), t(offset), t(weight), t(bias), padding=1, mask=t(mask)).numpy()
-    ours = _ours(*(a.astype(np.float32) for a in (x, offset, mask, weight, bias)), padding=1, deform_groups=4)
-    np.testing.assert_allclose(ours, ref, atol=1e-4)
 
 
 def test_gradients_match_finite_differences():

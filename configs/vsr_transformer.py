@@ -1,0 +1,51 @@
+"""VSR-Transformer x4 (caojiezhang/VSR-Transformer options/train, spec section 8): `configs/vsr_transformer.py[:variant]`.
+
+Variants:
+  (none)  REDS: 5 frames, depth 5, batch 32 (4 x 8 GPUs), GT crops 256 (LR 64), Charbonnier (eps 1e-12, sum),
+          Adam 2e-4 betas (0.9, 0.99), CosineAnnealingRestart 4 x 300k with restart weights [1, .5, .5, .5],
+          eta_min 1e-7, 1.2M iterations. data.path: REDS train_sharp frame folders (<root>/<clip>/*.png, 1280x720;
+          leave out REDS4 = 000, 011, 015, 020 with data.split_json). The LR frames are made on the fly
+          (PIL bicubic x4 of the GT crop). Start from the official warm-up weights with --config.init_from.
+  vimeo   Vimeo-90K: 7 frames, depth 7 (model vsr_transformer_vimeo), batch 16, 6 x 200k with [1, .5 x 5];
+          data.path: a folder of septuplet folders (im1..im7.png, 448x256).
+  tiny    a tiny model (3 frames, depth 1, few residual blocks, 16 channels) on synthetic clips (or any
+          data.path), a few dozen steps: runs on a CPU in minutes. SPyNet is frozen for the first 20 steps and
+          then trained at a quarter of the lr, to exercise that option (the official recipe uses 0 and 1).
+"""
+from ecformer_jax.training.config import sr_config
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "vimeo", "tiny"):
+        raise ValueError(f"unknown config variant {arg!r}; available: 'vimeo', 'tiny' (or nothing for REDS)")
+    c = sr_config("vsr_transformer")
+    if arg == "vimeo":
+        c.model.name = "vsr_transformer_vimeo"
+        c.data.num_frames = 7
+        c.data.width, c.data.height = 448, 256
+        c.batch_size = 16  # 2 per GPU x 8
+        c.optim.periods = (200_000,) * 6
+        c.optim.restart_weights = (1.0, 0.5, 0.5, 0.5, 0.5, 0.5)
+    elif arg == "tiny":
+        c.model.overrides.num_frames = 3
+        c.model.overrides.depth = 1
+        c.model.overrides.channels = 16
+        c.model.overrides.num_extract_blocks = 1
+        c.model.overrides.num_reconstruct_blocks = 2
+        c.model.overrides.num_ffn_blocks = 1
+        c.data.path = ""  # synthetic clips; or e.g. a frame folder (set data.width/height >= gt_size)
+        c.data.num_frames = 3
+        c.data.width, c.data.height = 288, 256  # gt_size stays 256: the model needs 64x64 LR crops
+        c.data.synthetic_videos = 8
+        c.data.synthetic_length = 12
+        c.batch_size = 2
+        c.num_steps = 60
+        c.optim.lr = 5e-4
+        c.optim.periods = (30, 30)
+        c.optim.restart_weights = (1.0, 0.5)
+        c.optim.spynet_frozen_steps = 20
+        c.optim.spynet_lr_mult = 0.25
+        c.log_every = 10
+        c.image_every = 30
+        c.checkpoint_every = 30
+    return c
