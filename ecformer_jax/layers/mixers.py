@@ -64,7 +64,7 @@ def avg_pool_same(x, kernel, axes):
         shape = [1] * x.ndim
         shape[a] = x.shape[a]
         count = count * pool_counts(x.shape[a], k).reshape(shape)
-    total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, tuple(dims), (1,) * x.ndim, tuple(pads))
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, tuple(dims), (1,) * x.ndim, tuple(pads))
     return total / jnp.asarray(count, x.dtype)
 
 

@@ -72,5 +72,5 @@ def avg_pool2d(x, kernel_size: int = 2, stride: int | None = None):
 
     window = (1,) * (x.ndim - 3) + (k, k, 1)
     strides = (1,) * (x.ndim - 3) + (s, s, 1)
-    total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, strides, "VALID")
+    total = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, window, strides, "VALID")
     return total / (k * k)

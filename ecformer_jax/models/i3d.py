@@ -95,7 +95,7 @@ def max_pool_same(x, kernel, strides):
     """MaxPool3dSamePadding on (B, T, H, W, C): zero padding ('same' rule), then a VALID max pool."""
     pads = _paddings(x.shape[1:4], kernel, strides)
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, *kernel, 1), (1, *strides, 1),
+    return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, (1, *kernel, 1), (1, *strides, 1),
                                  "VALID")
 
 

@@ -14,6 +14,8 @@ def config(model: str = "sttn", **overrides):
         c.model.overrides.channels = 32
         c.model.overrides.num_blocks = 1
         c.model.discriminator = "fuseformer_discriminator"
+    else:
+        c.model.overrides.num_blocks = 1
     c.async_checkpoints = False
     for key, value in overrides.items():
         target = c
