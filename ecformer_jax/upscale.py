@@ -17,8 +17,6 @@ video (bicubic x4 input | result) is written next to the output: SR_side_by_side
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,48 +25,10 @@ import numpy as np
 
 from ecformer_jax.data import video_io
 
-SIDE_BY_SIDE_SUFFIX = "_side_by_side"
-_FRAME_NAME = re.compile(r"^\d{5}\.png$")
-
-
-def side_by_side_path(output: str | os.PathLike) -> Path:
-    """OUT.mp4 -> OUT_side_by_side.mp4; a frame folder OUT -> OUT_side_by_side.mp4 beside it."""
-    output = Path(output)
-    if output.suffix.lower() in video_io.VIDEO_EXTS:
-        return output.with_name(output.stem + SIDE_BY_SIDE_SUFFIX + output.suffix)
-    return output.with_name(output.name + SIDE_BY_SIDE_SUFFIX + ".mp4")
-
-
-def _is_video_path(path: Path) -> bool:
-    return path.suffix.lower() in video_io.VIDEO_EXTS
-
-
-def check_outputs(video: Path, output: Path, overwrite: bool, side_by_side: bool):
-    """Refuse to clobber anything (input included) before any work is done."""
-    if output.resolve() == video.resolve():
-        raise ValueError(f"--output {output} is the input video itself; choose another path")
-    targets = [output] + ([side_by_side_path(output)] if side_by_side else [])
-    for target in targets:
-        if not target.exists():
-            continue
-        if target.is_dir() and not any(target.iterdir()):
-            continue  # an empty folder is fine
-        if not overwrite:
-            raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-        if _is_video_path(output) and target == output and target.is_dir():
-            raise ValueError(f"--output {output} names a video file but is an existing folder")
-
-
-def read_fps(path: Path, default: float) -> float:
-    if path.is_dir():
-        return default
-    try:
-        import imageio.v3 as iio
-
-        fps = float(iio.immeta(path).get("fps") or 0)
-    except Exception:
-        fps = 0.0
-    return fps if np.isfinite(fps) and fps > 0 else default
+# shared with the inpaint command (re-exported here for callers of the earlier names)
+from ecformer_jax.inference.common import (  # noqa: F401
+    SIDE_BY_SIDE_SUFFIX, check_outputs, read_fps, side_by_side_path, write_result,
+)
 
 
 def bicubic_x4(frames: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -76,16 +36,6 @@ def bicubic_x4(frames: np.ndarray, scale: int = 4) -> np.ndarray:
 
     h, w = frames.shape[1:3]
     return np.stack([video_io.resize(f, (scale * w, scale * h), Image.BICUBIC) for f in frames])
-
-
-def write_result(output: Path, frames: np.ndarray, fps: float):
-    if _is_video_path(output):
-        return video_io.write_video(output, frames, fps)
-    if output.is_dir():  # --overwrite: drop frames of an earlier, longer run
-        for f in output.iterdir():
-            if _FRAME_NAME.match(f.name) and int(f.name[:5]) >= len(frames):
-                f.unlink()
-    return video_io.write_frames(output, frames)
 
 
 def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=None, batch_size=16,

@@ -248,50 +248,21 @@ def load_model(checkpoint: str | os.PathLike, model_name: str | None = None, dty
     For a .pth, model_name defaults to 'vsr_transformer' (REDS, 5 frames; 'vsr_transformer_vimeo' for the
     7-frame Vimeo-90K weights) and the depth / residual-block counts are read off the checkpoint's keys.
     A converted folder carries its model name and options; a different --model is refused. Any mismatch
-    between checkpoint and model raises CheckpointError naming the keys.
+    between checkpoint and model raises CheckpointError naming the keys (see inference.common.load_model).
     """
-    import jax
-    import jax.numpy as jnp
+    from ecformer_jax.inference.common import load_model as _load
 
-    from ecformer_jax import convert, models
-    from ecformer_jax.convert.state_dict import unwrap
+    return _load(checkpoint, model_name, kind="super_resolution", default_model=DEFAULT_MODEL, dtype=dtype,
+                 options_from_state_dict=_vsr_options)
+
+
+def _vsr_options(entry, state_dict) -> dict:
     from ecformer_jax.models.vsr_transformer import VSRTransformer, options_from_state_dict
 
-    checkpoint = os.fspath(checkpoint)
-    dtype_kw = {} if dtype is None else {"dtype": jnp.dtype(dtype)}
-    if os.path.isdir(checkpoint):
-        if not convert.is_converted(checkpoint):
-            raise convert.CheckpointError(
-                f"{checkpoint} is a folder but not a converted checkpoint (no {convert.META}); pass the official "
-                ".pth file or a folder written by tools/convert_torch.py")
-        name, overrides, variables = convert.load(checkpoint)
-        if model_name is not None and model_name != name:
-            raise convert.CheckpointError(
-                f"{checkpoint} holds a converted '{name}' checkpoint but --model {model_name} was asked for; "
-                "leave --model out to use the checkpoint's model")
-        _require_super_resolution(name)
-        model = models.build(name, **overrides, **dtype_kw)
-        expected = jax.eval_shape(lambda: models.init(model, name, jax.random.key(0)))
-        convert._check_tree(name, expected, variables, {})
-        return name, model, variables
-    if not os.path.exists(checkpoint):
-        raise convert.CheckpointError(f"checkpoint not found: {checkpoint}")
-    name = model_name or DEFAULT_MODEL
-    entry = _require_super_resolution(name)
-    state_dict = unwrap(convert.load_torch_file(checkpoint), entry.wrappers)
-    overrides = options_from_state_dict(state_dict) if issubclass(entry.module, VSRTransformer) else {}
-    variables = convert.from_torch(name, state_dict, **overrides)
-    return name, models.build(name, **overrides, **dtype_kw), variables
+    return options_from_state_dict(state_dict) if issubclass(entry.module, VSRTransformer) else {}
 
 
 def _require_super_resolution(name: str):
-    from ecformer_jax import models
+    from ecformer_jax.inference.common import require_model
 
-    try:
-        entry = models.get(name)
-    except KeyError as e:
-        raise ValueError(str(e).strip("'\"")) from None
-    if entry.kind != "super_resolution":
-        raise ValueError(f"model '{name}' is not a super-resolution model (its kind is '{entry.kind}'); use one of "
-                         f"{', '.join(models.names('super_resolution'))}")
-    return entry
+    return require_model(name, "super_resolution")

@@ -1,6 +1,7 @@
 """Channels-last convolutions with PyTorch-style explicit padding and the official init."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +28,29 @@ def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: int | None 
     p = kernel // 2 * dilation if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups, use_bias=use_bias,
-                   dtype=dtype, kernel_init=normal_init, name=name)
+                   dtype=dtype, kernel_init=normal_init, name=name,
+                   conv_general_dilated=split_group_conv if groups > 1 else None)
+
+
+def split_group_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                     dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs):
+    """lax.conv_general_dilated where feature groups run as one dense conv per group, concatenated.
+
+    The same result (the same products and sums per output) with the same parameters; XLA's CPU backend
+    runs a grouped conv several times slower and with gigabytes of scratch (17 x 60 x 108 x 640 -> 384
+    channels in 4 groups: 5.5 s and ~5.7 GB, split: 1.6 s and no scratch), which made the FuseFormer /
+    E2FGVI / DSTT encoders dominate inference time and memory on CPU.
+    """
+    g = int(feature_group_count)
+    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                             dimension_numbers=dimension_numbers, precision=precision, **kwargs)
+    if g == 1:
+        return conv(lhs, rhs)
+    dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    lhs_parts = jnp.split(lhs, g, axis=dn.lhs_spec[1])
+    rhs_parts = jnp.split(rhs, g, axis=dn.rhs_spec[0])
+    return jnp.concatenate([conv(a, b) for a, b in zip(lhs_parts, rhs_parts)], axis=dn.out_spec[1])
 
 
 class Deconv(nn.Module):
