@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ecformer_jax.layers.attention import MultiHeadAttention, dot_product_attention, merge_heads, split_heads
-from ecformer_jax.layers.conv import Deconv, grouped_concat
+from ecformer_jax.layers.conv import Deconv, conv2d, grouped_concat, split_group_conv
 from ecformer_jax.layers.spectral import SpectralNormConv3d
 
 
@@ -16,6 +16,28 @@ def test_grouped_concat_matches_torch_view_cat():
     t0, ta = (torch.from_numpy(v).permute(0, 3, 1, 2) for v in (x0, a))
     ref = torch.cat([t0.view(2, 2, 128, 5, 7), ta.view(2, 2, 192, 5, 7)], 2).view(2, 640, 5, 7)
     np.testing.assert_array_equal(np.asarray(grouped_concat(x0, a, 2)), ref.permute(0, 2, 3, 1).numpy())
+
+
+def test_grouped_conv2d_runs_one_conv_per_group_with_torch_semantics():
+    """conv2d(groups > 1) computes each group as a dense conv (fast on CPU), same params and result as
+    torch's grouped Conv2d."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 11, 12)).astype(np.float32)
+    conv = conv2d(8, 3, stride=2, dilation=2, groups=4)
+    variables = conv.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].shape == (3, 3, 3, 8)
+    tconv = torch.nn.Conv2d(12, 8, 3, stride=2, padding=2, dilation=2, groups=4)
+    with torch.no_grad():
+        tconv.weight.copy_(torch.from_numpy(np.asarray(variables["params"]["kernel"]).transpose(3, 2, 0, 1)))
+        tconv.bias.copy_(torch.from_numpy(np.asarray(variables["params"]["bias"]) + 0.5))
+        ref = tconv(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    params = {"params": {**variables["params"], "bias": variables["params"]["bias"] + 0.5}}
+    np.testing.assert_allclose(np.asarray(conv.apply(params, x)), ref, rtol=1e-5, atol=1e-5)
+    k = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    grouped = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=4)
+    split = split_group_conv(x, k, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=4)
+    np.testing.assert_allclose(np.asarray(split), np.asarray(grouped), rtol=1e-5, atol=1e-5)
 
 
 def test_attention_matches_naive_softmax():
