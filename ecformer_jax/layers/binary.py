@@ -18,10 +18,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from ecformer_jax.layers.conv import conv2d as float_conv2d
-from ecformer_jax.layers.conv import leaky_relu, normal_init
+from ecformer_jax.layers.conv import leaky_relu, normal_init, split_group_conv
 from ecformer_jax.layers.resize import upsample_bilinear
 
 
@@ -76,9 +75,9 @@ class BinaryConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, cin // g, self.features), jnp.float32)
         w = binarize_weights(kernel, (0, 1, 2)).astype(self.dtype)
         xb = (ste_sign(x) if self.binarize_input else x).astype(self.dtype)
-        y = lax.conv_general_dilated(xb, w, tuple(self.strides), [tuple(p) for p in self.padding],
-                                     rhs_dilation=tuple(self.kernel_dilation),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
+        y = split_group_conv(xb, w, tuple(self.strides), [tuple(p) for p in self.padding],
+                             rhs_dilation=tuple(self.kernel_dilation),
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y

@@ -22,16 +22,22 @@ def _setup(c, mesh=None):
     return state, step, mesh
 
 
-def test_loss_goes_down_on_a_fixed_clip():
-    c = helpers.config("sttn", **{"loss.adversarial_weight": 0.0})
+# STTN and the generators without official weights (issue 6): each must learn on a fixed synthetic clip
+LEARNERS = ["sttn", "poolformer", "swin", "focal", "ecformer"]
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_loss_goes_down_on_a_fixed_clip(name):
+    c = helpers.config(name, batch_size=1, **{"loss.adversarial_weight": 0.0, "optim.lr": 1e-4})
     state, step, mesh = _setup(c)
     batch = shd.global_batch(helpers.fixed_batch(c), mesh)
     l1 = []
-    for _ in range(15):
+    for _ in range(20):
         state, m = step(state, batch)
         l1.append(float(m["hole_l1"] + m["valid_l1"]))
-    assert np.mean(l1[-3:]) < 0.85 * np.mean(l1[:3]), l1
-    assert int(state.step) == 15
+    assert np.all(np.isfinite(l1)), l1
+    assert np.mean(l1[-5:]) < 0.85 * np.mean(l1[:3]), l1  # (batch 1: single steps are noisy)
+    assert int(state.step) == 20
 
 
 def test_non_finite_step_is_refused_and_reported():
@@ -47,7 +53,8 @@ def test_non_finite_step_is_refused_and_reported():
 
 
 # e2fgvi differs from e2fgvi_hq only by its composition bias (covered by the e2fgvi tests): one of them here
-GENERATORS = ["sttn", "fuseformer", "dstt", "e2fgvi_hq", "poolformer", "swin", "focal", "ecformer"]
+# (the LEARNERS above are covered there)
+GENERATORS = ["fuseformer", "dstt", "e2fgvi_hq"]
 
 
 def test_every_inpainting_generator_has_a_tiny_config():
