@@ -24,6 +24,7 @@ from ecformer_jax.layers.attention import dot_product_attention, merge_heads, sp
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
 from ecformer_jax.layers.patches import fold, grid_size
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.models.registry import register
 
 
@@ -42,6 +43,7 @@ class DSTT(nn.Module):
     base_size: tuple = (240, 432)  # the frame size the official model hard-codes
     resize_embeddings: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         return grid_size(height // 4, width // 4, self.kernel, self.stride, self.padding)
@@ -86,10 +88,11 @@ class DSTT(nn.Module):
         tokens = conv2d(self.hidden, k, s, p, dtype=self.dtype, name="patch2vec")(enc)
         tokens = tokens.reshape(b * t, nh * nw, self.hidden)
 
+        block_cls = block_class(TransformerBlock, self.remat, (2,))
         for i in range(self.num_blocks):
             mode = "t" if i % 2 == 0 else "s"
-            tokens = TransformerBlock(self.hidden, self.heads, mode, (nh, nw), self.zones, self.dtype,
-                                      name=f"block{i}")(tokens, t)
+            tokens = block_cls(self.hidden, self.heads, mode, (nh, nw), self.zones, self.dtype,
+                               name=f"block{i}")(tokens, t)
             self.sow("intermediates", f"transformer.{i}", tokens)
 
         # de-tokeniser: linear to channel-major k x k patches, overlaps summed, no bias, no normalisation

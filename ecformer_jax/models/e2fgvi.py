@@ -42,6 +42,7 @@ from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, normal
 from ecformer_jax.layers.deform import SecondOrderDeformableAlignment, deform_align_from_torch
 from ecformer_jax.layers.flow import SPyNet, flow_warp, spynet_from_torch
 from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.layers.windows import FocalPool, TemporalFocalAttention, rolled_ring_indices
 from ecformer_jax.models.fuseformer import Encoder
@@ -68,6 +69,7 @@ class E2FGVI(nn.Module):
     dtype: Any = jnp.float32
 
     hq: ClassVar[bool] = False
+    remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
     # --- input checks -----------------------------------------------------------------------------
     def check_size(self, height: int, width: int):
@@ -120,17 +122,8 @@ class E2FGVI(nn.Module):
         k, s, p = self.kernel, self.stride, self.padding
         nh, nw = grid_size(h, w, k, s, p)
 
-        # 1. flow completion on the masked local frames, mapped to [0, 1] (holes 0.5), at 1/4 (float32)
-        local = (masked_frames[:, :lt].astype(jnp.promote_types(masked_frames.dtype, jnp.float32)) + 1) / 2
-        local = upsample_bilinear(local.reshape(b * lt, height, width, 3), (h, w), align_corners=True)
-        local = local.reshape(b, lt, h, w, 3)
-        first = local[:, :-1].reshape(b * (lt - 1), h, w, 3)
-        second = local[:, 1:].reshape(b * (lt - 1), h, w, 3)
-        # both directions in one batched call: rows [0, n) = SPyNet(first, second), [n, 2n) = the reverse
-        flows = SPyNet(self.dtype, name="update_spynet")(jnp.concatenate([first, second]),
-                                                         jnp.concatenate([second, first]))
-        flows_forward = flows[: b * (lt - 1)].reshape(b, lt - 1, h, w, 2)
-        flows_backward = flows[b * (lt - 1):].reshape(b, lt - 1, h, w, 2)
+        # 1. flow completion on the masked local frames (both directions, float32, at 1/4 resolution)
+        flows_forward, flows_backward = local_flows(SPyNet(self.dtype, name="update_spynet"), masked_frames, lt)
 
         # 2. encoder on all frames
         x = masked_frames.astype(self.dtype).reshape(b * t, height, width, 3)
@@ -149,9 +142,10 @@ class E2FGVI(nn.Module):
         # 4. soft split -> temporal focal transformer -> soft composition (overlaps SUMMED)
         tokens = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="ss")(unfold(feat, k, s, p))
         tokens = tokens.reshape(b, t, nh, nw, self.hidden)
+        block_cls = block_class(TemporalFocalBlock, self.remat, (2,))
         for i in range(self.num_blocks):
-            tokens = TemporalFocalBlock(self.hidden, self.heads, self.window, self.focal_window, self.ffn_hidden,
-                                        k, s, p, self.dtype, name=f"block{i}")(tokens, (h, w))
+            tokens = block_cls(self.hidden, self.heads, self.window, self.focal_window, self.ffn_hidden,
+                               k, s, p, self.dtype, name=f"block{i}")(tokens, (h, w))
             self.sow("intermediates", f"transformer.{i}", tokens)
         patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="sc")(tokens)
         sc = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
@@ -169,6 +163,25 @@ class E2FGVI(nn.Module):
         y = Decoder(self.dtype, name="decoder")(feat + sc.astype(feat.dtype))
         self.sow("intermediates", "decoder_out", y)
         return jnp.tanh(y).reshape(b, t, height, width, 3), (flows_forward, flows_backward)
+
+
+def local_flows(spynet, frames, num_local: int):
+    """(flows_forward, flows_backward), each (B, L-1, H/4, W/4, 2), of the first `num_local` frames.
+
+    E2FGVI's flow completion input, shared by the model and the trainer's flow-loss targets: frames in
+    [-1, 1] mapped to [0, 1], bilinearly resized to 1/4 (align_corners=True) in float32; forward[i] =
+    spynet(frame i, frame i+1), backward[i] = spynet(frame i+1, frame i), both directions in one batched
+    call of `spynet(ref, supp)` (rows [0, n) forward, [n, 2n) backward).
+    """
+    b, _, height, width, _ = frames.shape
+    h, w, nl = height // 4, width // 4, num_local
+    local = (frames[:, :nl].astype(jnp.promote_types(frames.dtype, jnp.float32)) + 1) / 2
+    local = upsample_bilinear(local.reshape(b * nl, height, width, 3), (h, w), align_corners=True)
+    local = local.reshape(b, nl, h, w, 3)
+    first, second = local[:, :-1].reshape(-1, h, w, 3), local[:, 1:].reshape(-1, h, w, 3)
+    flows = spynet(jnp.concatenate([first, second]), jnp.concatenate([second, first]))
+    n = b * (nl - 1)
+    return flows[:n].reshape(b, nl - 1, h, w, 2), flows[n:].reshape(b, nl - 1, h, w, 2)
 
 
 class E2FGVIHQ(E2FGVI):

@@ -32,6 +32,7 @@ from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import grouped_concat, leaky_relu, normal_init
 from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.positional import PositionalEncoding
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.models import discriminators
 from ecformer_jax.models.discriminators import Discriminator
 from ecformer_jax.models.fuseformer import FusionFeedForward
@@ -54,6 +55,7 @@ class ECFormer(nn.Module):
     se_reduction: int = 16
     binarize: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
     @nn.compact
     def __call__(self, masked_frames):
@@ -72,9 +74,10 @@ class ECFormer(nn.Module):
         tokens = SoftSplit(self.hidden, k, s, p, self.dtype, name="ss")(enc)
         tokens = AddPosEmb(self.dtype, name="add_pos_emb")(tokens.reshape(b, t, nh, nw, self.hidden))
         tokens = tokens.reshape(b, t * nh * nw, self.hidden)
+        block_cls = block_class(TransformerBlock, self.remat, (2,))
         for i in range(self.num_blocks):
-            tokens = TransformerBlock(self.hidden, self.heads, self.topk, self.ffn_hidden, (h, w), k, s, p,
-                                      self.se_reduction, self.binarize, self.dtype, name=f"block{i}")(tokens, t)
+            tokens = block_cls(self.hidden, self.heads, self.topk, self.ffn_hidden, (h, w), k, s, p,
+                               self.se_reduction, self.binarize, self.dtype, name=f"block{i}")(tokens, t)
             self.sow("intermediates", f"transformer.{i}", tokens)
         sc = SoftComp(enc.shape[-1], k, s, p, self.dtype, name="sc")(tokens.reshape(b * t, nh, nw, self.hidden),
                                                                       (h, w))

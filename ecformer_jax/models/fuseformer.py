@@ -19,6 +19,7 @@ from ecformer_jax.layers.attention import MultiHeadAttention
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
 from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.models.registry import register
 
@@ -37,6 +38,7 @@ class FuseFormer(nn.Module):
     base_size: tuple = (240, 432)  # frame size the positional embedding and composition bias belong to
     resize_embeddings: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
     def check_size(self, height: int, width: int):
         if height % 4 or width % 4:
@@ -55,35 +57,27 @@ class FuseFormer(nn.Module):
         b, t, height, width, _ = check_video(masked_frames, "masked_frames", 3)
         self.check_size(height, width)
         h, w = height // 4, width // 4
-        bh, bw = self.base_size[0] // 4, self.base_size[1] // 4
         k, s, p = self.kernel, self.stride, self.padding
         nh, nw = grid_size(h, w, k, s, p)
-        nh0, nw0 = grid_size(bh, bw, k, s, p)
 
         x = masked_frames.astype(self.dtype).reshape(b * t, height, width, 3)
         enc = Encoder(self.dtype, name="encoder")(x)
         self.sow("intermediates", "encoder_out", enc)
         c = enc.shape[-1]
 
-        # soft split: overlapping k x k patches -> linear embedding
-        tokens = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="ss")(unfold(enc, k, s, p))
-        pos = self.param("pos_emb", normal_init, (nh0, nw0, self.hidden), jnp.float32)
-        if (nh, nw) != (nh0, nw0):
-            pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
-        tokens = (tokens + pos.astype(self.dtype)).reshape(b, t * nh * nw, self.hidden)
+        # soft split: overlapping patches -> tokens + positional embedding
+        tokens = soft_split(self, enc, self.hidden, self.base_size, k, s, p, self.dtype)
+        tokens = tokens.reshape(b, t * nh * nw, self.hidden)
 
+        block_cls = block_class(FuseBlock, self.remat, (2,))
         for i in range(self.num_blocks):
-            tokens = FuseBlock(self.hidden, self.heads, self.ffn_hidden, (h, w), k, s, p, self.dtype,
+            tokens = block_cls(self.hidden, self.heads, self.ffn_hidden, (h, w), k, s, p, self.dtype,
                                name=f"block{i}")(tokens, t)
             self.sow("intermediates", f"transformer.{i}", tokens)
 
-        # soft composition: linear back to patches, overlaps summed, plus a per-pixel bias
-        patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="sc")(tokens)
-        sc = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
-        bias = self.param("sc_bias", nn.initializers.zeros, (bh, bw, c), jnp.float32)
-        if (h, w) != (bh, bw):
-            bias = upsample_bilinear(bias, (h, w), align_corners=False)
-        sc = sc + bias.astype(self.dtype)
+        # soft composition: tokens -> patches, overlaps summed, plus a per-pixel bias
+        sc = soft_composition(self, tokens.reshape(b * t, nh, nw, self.hidden), (h, w), c, self.base_size, k, s, p,
+                              self.dtype)
         self.sow("intermediates", "sc_out", sc)
 
         y = Decoder(self.dtype, name="decoder")(enc + sc)
@@ -153,6 +147,33 @@ class FusionFeedForward(nn.Module):
 
 
 # --- checkpoint mapping ---------------------------------------------------------------------------
+def soft_split(module: nn.Module, features, hidden: int, base_size, k: int, s: int, p: int, dtype):
+    """Soft split inside `module`'s compact call: overlapping k x k patches of features (N, h, w, C) ->
+    linear "ss" -> + "pos_emb" (learned for `base_size` frames, bilinearly resized for other sizes).
+    Returns tokens (N, nh, nw, hidden). Shared by FuseFormer and the token-mixer generators."""
+    nh, nw = grid_size(features.shape[1], features.shape[2], k, s, p)
+    nh0, nw0 = grid_size(base_size[0] // 4, base_size[1] // 4, k, s, p)
+    tokens = nn.Dense(hidden, dtype=dtype, kernel_init=normal_init, name="ss")(unfold(features, k, s, p))
+    pos = module.param("pos_emb", normal_init, (nh0, nw0, hidden), jnp.float32)
+    if (nh, nw) != (nh0, nw0):
+        pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
+    return tokens + pos.astype(dtype)
+
+
+def soft_composition(module: nn.Module, tokens, size, channels: int, base_size, k: int, s: int, p: int, dtype):
+    """Soft composition inside `module`'s compact call: tokens (N, nh, nw, hidden) -> linear "sc" to k x k
+    patches -> fold onto the (h, w) = `size` feature map with the overlaps SUMMED -> + per-pixel "sc_bias"
+    (learned for `base_size` frames, bilinearly resized for other sizes). Returns (N, h, w, channels)."""
+    h, w = size
+    bh, bw = base_size[0] // 4, base_size[1] // 4
+    patches = nn.Dense(channels * k * k, dtype=dtype, kernel_init=normal_init, name="sc")(tokens)
+    sc = fold(patches, (h, w), k, s, p)
+    bias = module.param("sc_bias", nn.initializers.zeros, (bh, bw, channels), jnp.float32)
+    if (h, w) != (bh, bw):
+        bias = upsample_bilinear(bias, (h, w), align_corners=False)
+    return sc + bias.astype(dtype)
+
+
 def from_torch(sd, model: FuseFormer) -> dict:
     enc = {f"conv{i}": sd.conv(f"encoder.layers.{2 * i}") for i in range(9)}
     params = {"encoder": enc}

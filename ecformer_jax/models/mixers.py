@@ -33,11 +33,11 @@ import jax.numpy as jnp
 
 from ecformer_jax.convert.state_dict import CheckpointError
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Decoder, normal_init
+from ecformer_jax.layers.conv import Decoder
 from ecformer_jax.layers.mixers import GroupNorm1, PoolMixer, TemporalFocalMixer, VideoSwinMixer
-from ecformer_jax.layers.patches import fold, grid_size, unfold
-from ecformer_jax.layers.resize import upsample_bilinear
-from ecformer_jax.models.fuseformer import Encoder, FusionFeedForward
+from ecformer_jax.layers.patches import grid_size
+from ecformer_jax.layers.remat import block_class
+from ecformer_jax.models.fuseformer import Encoder, FusionFeedForward, soft_composition, soft_split
 from ecformer_jax.models.registry import register
 
 
@@ -55,6 +55,7 @@ class MixerGenerator(nn.Module):
     dtype: Any = jnp.float32
 
     mixer_kind: ClassVar[str] = ""
+    remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
     def block_parts(self, i: int) -> tuple[Callable, Callable, float]:
         """(mixer factory, norm factory, layer-scale init or 0) of block i."""
@@ -75,32 +76,23 @@ class MixerGenerator(nn.Module):
         b, t, height, width, _ = check_video(masked_frames, "masked_frames", 3)
         self.check_size(height, width)
         h, w = height // 4, width // 4
-        bh, bw = self.base_size[0] // 4, self.base_size[1] // 4
         k, s, p = self.kernel, self.stride, self.padding
         nh, nw = grid_size(h, w, k, s, p)
-        nh0, nw0 = grid_size(bh, bw, k, s, p)
 
         enc = Encoder(self.dtype, name="encoder")(masked_frames.astype(self.dtype).reshape(b * t, height, width, 3))
         self.sow("intermediates", "encoder_out", enc)
         c = enc.shape[-1]
-        tokens = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="ss")(unfold(enc, k, s, p))
-        pos = self.param("pos_emb", normal_init, (nh0, nw0, self.hidden), jnp.float32)
-        if (nh, nw) != (nh0, nw0):
-            pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
-        tokens = (tokens + pos.astype(self.dtype)).reshape(b, t, nh, nw, self.hidden)
+        tokens = soft_split(self, enc, self.hidden, self.base_size, k, s, p, self.dtype).reshape(b, t, nh, nw, -1)
 
+        block_cls = block_class(MixerBlock, self.remat)
         for i in range(self.num_blocks):
             mixer, norm, layer_scale = self.block_parts(i)
-            tokens = MixerBlock(mixer, norm, self.hidden, self.ffn_hidden, (h, w), k, s, p, layer_scale, self.dtype,
-                                name=f"block{i}")(tokens)
+            tokens = block_cls(mixer, norm, self.hidden, self.ffn_hidden, (h, w), k, s, p, layer_scale, self.dtype,
+                               name=f"block{i}")(tokens)
             self.sow("intermediates", f"transformer.{i}", tokens)
 
-        patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="sc")(tokens)
-        sc = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
-        bias = self.param("sc_bias", nn.initializers.zeros, (bh, bw, c), jnp.float32)
-        if (h, w) != (bh, bw):
-            bias = upsample_bilinear(bias, (h, w), align_corners=False)
-        sc = sc + bias.astype(self.dtype)
+        sc = soft_composition(self, tokens.reshape(b * t, nh, nw, self.hidden), (h, w), c, self.base_size, k, s, p,
+                              self.dtype)
         self.sow("intermediates", "sc_out", sc)
         y = Decoder(self.dtype, name="decoder")(enc + sc)
         return jnp.tanh(y).reshape(b, t, height, width, 3)

@@ -22,6 +22,7 @@ from ecformer_jax.layers import binary
 from ecformer_jax.layers.attention import dot_product_attention
 from ecformer_jax.layers.checks import check_same_clip, check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, leaky_relu
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.models.registry import register
 
 # (height, width) of each attention scale in feature pixels; the official list is written (w, h).
@@ -36,6 +37,7 @@ class STTN(nn.Module):
     patch_sizes: tuple = OFFICIAL_PATCH_SIZES
     dtype: Any = jnp.float32
     binarize: bool = False  # binary encoder / decoder convs and attention projections (not official)
+    remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
     def check_size(self, height: int, width: int):
         h, w = height // 4, width // 4
@@ -63,8 +65,9 @@ class STTN(nn.Module):
         x = Encoder(self.channels, self.dtype, self.binarize, name="encoder")(x)
         self.sow("intermediates", "encoder_out", x)
         x = x.reshape(b, t, *x.shape[1:])
+        block_cls = block_class(TransformerBlock, self.remat)
         for i in range(self.num_blocks):
-            x = TransformerBlock(self.channels, self.patch_sizes, self.dtype, self.binarize, name=f"block{i}")(x)
+            x = block_cls(self.channels, self.patch_sizes, self.dtype, self.binarize, name=f"block{i}")(x)
             self.sow("intermediates", f"transformer.{i}", x)
         if self.binarize:
             decoder = binary.Decoder(self.dtype, binarize=True, name="decoder")

@@ -38,7 +38,7 @@ def inpainting_config(model: str, discriminator: str, **overrides) -> ml_collect
     c.model.overrides = ml_collections.ConfigDict()  # module fields, e.g. num_blocks
     c.model.discriminator = discriminator
     c.model.disc_joint_clip = False  # True: D sees the whole per-process batch as ONE clip (official trainers)
-    c.model.remat = False
+    c.model.remat = False  # recompute each transformer block in the backward pass: less memory, ~1 more forward
 
     c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 

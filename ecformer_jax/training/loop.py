@@ -1,20 +1,18 @@
 """The training loop: config in, checkpoints / metrics / image grids out; resumes from the workdir."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 from ecformer_jax import convert, models
 from ecformer_jax.data import pipeline
 from ecformer_jax.layers.flow import SPyNet
-from ecformer_jax.layers.resize import upsample_bilinear
+from ecformer_jax.models.e2fgvi import local_flows
 from ecformer_jax.training import sharding as shd
 from ecformer_jax.training import sr
 from ecformer_jax.training.checkpoints import Checkpointer, abstract_with_shardings
@@ -60,14 +58,7 @@ def make_flow_targets(config, init_variables):
     net = SPyNet()
 
     def flow_targets(frames, nl):
-        b, _, height, width, _ = frames.shape
-        h, w = height // 4, width // 4
-        local = upsample_bilinear(((frames[:, :nl] + 1) / 2).reshape(b * nl, height, width, 3), (h, w),
-                                  align_corners=True).reshape(b, nl, h, w, 3)
-        first, second = local[:, :-1].reshape(-1, h, w, 3), local[:, 1:].reshape(-1, h, w, 3)
-        flows = net.apply(variables, jnp.concatenate([first, second]), jnp.concatenate([second, first]))
-        n = b * (nl - 1)
-        return flows[:n].reshape(b, nl - 1, h, w, 2), flows[n:].reshape(b, nl - 1, h, w, 2)
+        return local_flows(lambda ref, supp: net.apply(variables, ref, supp), frames, nl)
 
     return flow_targets
 

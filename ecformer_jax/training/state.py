@@ -56,7 +56,8 @@ def num_local(config) -> int | None:
 
 def build_models(config):
     dtype = jnp.dtype(config.dtype)
-    generator = models.build(config.model.name, dtype=dtype, **dict(config.model.overrides))
+    remat = {"remat": True} if config.model.get("remat", False) else {}  # blocks recomputed in the backward pass
+    generator = models.build(config.model.name, dtype=dtype, **remat, **dict(config.model.overrides))
     disc = models.build(config.model.discriminator, dtype=dtype)
     return generator, disc
 

@@ -86,3 +86,22 @@ def test_discriminator_shapes_and_train_mode_updates_vectors():
     chex.assert_shape(logits, (2, 3, 1, 1, 128))  # 64 -> 31 -> 16 -> 8 -> 4 -> 2 -> 1
     _, upd = disc.apply(variables, frames, train=True, mutable=["spectral"])
     assert not np.allclose(upd["spectral"]["conv0"]["u"], variables["spectral"]["conv0"]["u"])
+
+
+@pytest.mark.parametrize("name,kwargs,size", [("sttn", SMALL_STTN, (32, 64)),
+                                               ("fuseformer", dict(num_blocks=2, resize_embeddings=True), (48, 96))])
+def test_remat_keeps_parameters_outputs_and_gradients(name, kwargs, size):
+    x, m = _clip(1, 2, *size)
+    args = (x, m) if name == "sttn" else (x,)
+    plain, remat = models.build(name, **kwargs), models.build(name, remat=True, **kwargs)
+    variables = jax.jit(plain.init)(jax.random.key(0), *args)
+    remat_vars = jax.eval_shape(remat.init, jax.random.key(0), *args)
+    assert jax.tree.structure(remat_vars) == jax.tree.structure(variables)  # same names: checkpoints load
+
+    def grads(model):
+        loss = lambda v: jnp.mean(jnp.abs(model.apply(v, *args) - 0.5))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(variables)
+
+    (la, ga), (lb, gb) = grads(plain), grads(remat)
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    chex.assert_trees_all_close(ga, gb, rtol=1e-4, atol=1e-6)
