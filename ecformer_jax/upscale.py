@@ -4,8 +4,10 @@
     python -m ecformer_jax.upscale --checkpoint vimeo.pth --model vsr_transformer_vimeo \
         --video lr_frames/ --output sr_frames/ --dtype bfloat16
 
---checkpoint: an official .pth (`{'params': state_dict}`, 'module.' prefixes allowed) or a folder written
-by tools/convert_torch.py. --video: a video file or a folder of frames; --output: a video file (by its
+--checkpoint: an official .pth (`{'params': state_dict}`, 'module.' prefixes allowed), a folder written
+by tools/convert_torch.py or `python -m ecformer_jax.training.sr export`, or a training workdir of
+`python -m ecformer_jax.train` (its latest checkpoint; the model and its options come from the workdir's
+config.json). --video: a video file or a folder of frames; --output: a video file (by its
 suffix, e.g. .mp4) or a folder that receives 00000.png, 00001.png, ...
 
 Every frame is the centre frame of a num_frames window (reflection-circle padding at the clip ends),
@@ -17,7 +19,10 @@ video (bicubic x4 input | result) is written next to the output: SR_side_by_side
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +43,24 @@ def bicubic_x4(frames: np.ndarray, scale: int = 4) -> np.ndarray:
     return np.stack([video_io.resize(f, (scale * w, scale * h), Image.BICUBIC) for f in frames])
 
 
+def is_training_workdir(path) -> bool:
+    """A folder written by `python -m ecformer_jax.train` (config.json and checkpoints/), not a converted one."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and (p / "checkpoints").is_dir()
+
+
+@contextlib.contextmanager
+def _loadable(checkpoint):
+    """`checkpoint` itself, or for a training workdir its latest checkpoint exported to a temporary folder."""
+    if not is_training_workdir(checkpoint):
+        yield checkpoint
+        return
+    from ecformer_jax.training.sr import export
+
+    with tempfile.TemporaryDirectory(prefix="upscale-") as tmp:
+        yield export(os.fspath(checkpoint), os.path.join(tmp, "params"))
+
+
 def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=None, batch_size=16,
             overlap=32, fps=None, side_by_side=True, progress=True) -> dict:
     """The command's work as a function; returns a summary dict. Raises ValueError / FileExistsError /
@@ -49,7 +72,8 @@ def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=N
     t0 = time.perf_counter()
     frames = video_io.read_frames(video)  # VideoError (a ValueError) for missing / empty / unreadable input
     n, h, w, _ = frames.shape
-    name, model, variables = load_model(checkpoint, model_name, dtype)
+    with _loadable(checkpoint) as path:
+        name, model, variables = load_model(path, model_name, dtype)
     crop_plan(h, w, model.feat_size, overlap)  # too small frames: fail before compiling anything
     upscaler = VSRUpscaler(model, variables, batch_size=batch_size, overlap=overlap)
     fps = fps or read_fps(video, 24.0)
@@ -79,7 +103,8 @@ def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=N
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ecformer_jax.upscale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="official .pth or a converted checkpoint folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="official .pth, a converted checkpoint folder or a training workdir (its latest checkpoint)")
     p.add_argument("--video", required=True, help="LR video file or folder of frames")
     p.add_argument("--output", required=True, help="output video file (.mp4, ...) or folder of PNG frames")
     p.add_argument("--model", default=None,

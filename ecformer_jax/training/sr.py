@@ -14,7 +14,8 @@ sharding, the NaN guard) is the loop's. Pieces (spec section 8, BasicSR EDVRMode
 * SPyNet (the parameters under 'spynet') is its own group: no update at all for the first
   `optim.spynet_frozen_steps` steps (its Adam moments stay untouched, as a frozen PyTorch parameter with
   requires_grad=False), then the schedule times `optim.spynet_lr_mult`, with a fresh Adam (bias
-  correction counted from the unfreezing). Official values: 0 and 1 (the options leave it out);
+  correction counted from the unfreezing). Official values: 0 and 1 (the options leave it out). Frozen for
+  the whole run (spynet_frozen_steps >= num_steps), its gradient is not even computed;
 * the state `SRState` (step, g_params, g_opt, rng, bad_step), created already sharded like TrainState.
 """
 from __future__ import annotations
@@ -147,6 +148,9 @@ def build_model(config):
     entry = models.get(config.model.name)
     if entry.kind != "super_resolution":
         raise ValueError(f"model '{config.model.name}' is a {entry.kind} model, not a super-resolution model")
+    if config.model.get("remat", False):
+        raise ValueError(f"model.remat: {config.model.name} has no rematerialisation option (the inpainting "
+                         "generators have); set model.remat=False")
     return models.build(config.model.name, dtype=jnp.dtype(config.dtype), **dict(config.model.overrides))
 
 
@@ -192,11 +196,18 @@ def make_train_step(config, model):
         raise ValueError(f"loss.kind {cl.kind!r} / loss.reduction {cl.reduction!r}: expected charbonnier | l1 "
                          "and sum | mean")
 
+    # SPyNet frozen for the whole run: no gradient for it at all (as PyTorch's requires_grad=False), which
+    # skips its backward pass (about half of the tiny model's step) and leaves it out of g_grad_norm and
+    # grad_clip; its updates would be zero anyway, so the parameters are the same.
+    spynet_always_frozen = int(config.optim.spynet_frozen_steps) >= int(config.num_steps)
+
     def train_step(state: SRState, batch):
         lr = batch["lr"].astype(jnp.float32) / 255.0
         hr = batch["hr"].astype(jnp.float32) / 255.0
 
         def loss_fn(params):
+            if spynet_always_frozen and SPYNET in params:
+                params = {**params, SPYNET: jax.lax.stop_gradient(params[SPYNET])}
             out = model.apply({"params": params}, lr.astype(dtype)).astype(jnp.float32)
             return cl.weight * pixel_loss(out, hr, cl.kind, cl.eps, cl.reduction), out
 

@@ -11,11 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from ecformer_jax.data import pipeline
+from ecformer_jax.data import pipeline, video_io
 from ecformer_jax.data.synthetic import synthetic_clip
 from ecformer_jax.training import sharding as shd
 from ecformer_jax.training import sr
 from ecformer_jax.training.loop import NonFiniteError, _check_finite, setup, train
+from ecformer_jax.upscale import upscale
 from tests.conftest import ROOT
 
 
@@ -155,5 +156,19 @@ def test_train_loop_export_and_upscale_loader(tmp_path):
     assert name == "vsr_transformer" and model.depth == 1 and model.channels == 16
     for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(state.g_params))):
         np.testing.assert_array_equal(a, b)
-    lr = np.zeros((2, 64, 70, 3), np.uint8)
-    assert VSRUpscaler(model, variables, batch_size=4)(lr).shape == (2, 256, 280, 3)
+    lr = np.random.default_rng(0).integers(0, 256, (2, 64, 70, 3), np.uint8)
+    want = VSRUpscaler(model, variables, batch_size=4)(lr)
+    assert want.shape == (2, 256, 280, 3)
+    # the upscale command takes the training workdir itself (its latest checkpoint)
+    video_io.write_frames(tmp_path / "lr", lr)
+    summary = upscale(str(tmp_path / "run"), tmp_path / "lr", tmp_path / "sr", batch_size=4, side_by_side=False,
+                      progress=False)
+    assert summary["model"] == "vsr_transformer"
+    np.testing.assert_array_equal(video_io.read_frames(tmp_path / "sr"), want)
+
+
+def test_tiny_clip_config():
+    c = runpy.run_path(str(ROOT / "configs" / "vsr_transformer.py"))["get_config"]("tiny_clip")
+    assert (c.data.width, c.data.height, c.data.gt_size, c.data.rotate) == (460, 256, 256, False)
+    assert c.optim.periods == (c.num_steps,) and c.optim.spynet_frozen_steps >= c.num_steps
+    assert c.model.overrides.num_reconstruct_blocks == 8 and c.model.overrides.channels == 16
