@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--against-official", metavar="PATH",
                    help="also run the official PyTorch model from this checkout and compare (see above)")
     p.add_argument("--video", default=None,
-                   help="with --against-official: a clip folder with frames/ and masks/, or 'random' "
+                   help="a clip folder with frames/ and masks/, or 'random' "
                         "(default: ../shared/data/tennis when present)")
     p.add_argument("--threads", type=int, default=None,
                    help="with --against-official: restrict both sides to this many CPUs")
@@ -76,6 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--weights", choices=("fan-in", "official-init"), default="fan-in",
                    help="with --against-official: the official init (tiny outputs: a weak check) or every "
                         "parameter redrawn at unit fan-in scale (default; O(1) activations)")
+    p.add_argument("--compare-float32", action="store_true",
+                   help="with --dtype bfloat16 (infer, without --against-official): also run float32 on the same "
+                        "clip and weights (every parameter at unit fan-in scale, so outputs are O(1)) and report "
+                        "the PSNR of the bfloat16 output against the float32 one")
     p.add_argument("--side", choices=("torch", "jax"), help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -115,26 +119,55 @@ def _time_compiled(fn, args, iters):
     return {"trace_s": t1 - t0, "compile_s": t2 - t1, "step_s": statistics.median(times), "step_s_all": times}, out
 
 
+def fan_in_variables(variables, seed: int = 0):
+    """Every parameter redrawn at unit fan-in scale (kernels N(0, 1/fan_in), vectors 0.1 N(0, 1) or
+    1 + 0.1 N(0, 1) for scales): O(1) activations, unlike an official init whose outputs are ~1e-3."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def redraw(path, a):
+        name = jax.tree_util.keystr(path)
+        x = rng.standard_normal(np.shape(a))
+        if np.ndim(a) >= 2:
+            return (x / np.sqrt(max(1, int(np.prod(np.shape(a)[:-1]))))).astype(np.float32)
+        return (1 + 0.1 * x if "scale" in name else 0.1 * x).astype(np.float32)
+
+    return {**variables, "params": jax.tree_util.tree_map_with_path(redraw, jax.device_get(variables["params"]))}
+
+
 def bench_infer(args, overrides):
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from ecformer_jax import models
 
     entry = models.get(args.model)
     if entry.kind != "inpainting":
         raise SystemExit(f"--mode infer benchmarks inpainting generators; '{args.model}' is a {entry.kind} model")
-    model = models.build(args.model, dtype=jnp.dtype(args.dtype), **overrides)
+    if args.compare_float32 and args.dtype != "bfloat16":
+        raise SystemExit("--compare-float32 compares a --dtype bfloat16 run with float32; add --dtype bfloat16")
     variables = jax.jit(lambda: models.init(models.build(args.model, **overrides), args.model))()
-    shape = (args.batch, args.frames, args.height, args.width)
-    k1, k2 = jax.random.split(jax.random.key(0))
-    frames = jax.random.uniform(k1, shape + (3,), minval=-1, maxval=1)
-    masks = (jax.random.uniform(k2, shape + (1,)) > 0.8).astype(jnp.float32)
+    if args.compare_float32:
+        variables = fan_in_variables(variables)
+    frames, masks, described = make_inputs(args)
     nl = args.num_local if args.num_local else (args.frames if entry.generate is not None else None)
-    fn = jax.jit(lambda v, x, m: models.generate(args.model, model, v, x * (1 - m), m, num_local_frames=nl)[0])
-    res = time_compiled(fn, (variables, frames, masks), args.iters)
-    res["num_local"] = nl
-    res["params"] = sum(int(a.size) for a in jax.tree.leaves(variables["params"]))
+
+    def forward(dtype):
+        model = models.build(args.model, dtype=jnp.dtype(dtype), **overrides)
+        return jax.jit(lambda v, x, m: models.generate(args.model, model, v, x * (1 - m), m,
+                                                       num_local_frames=nl)[0].astype(jnp.float32))
+
+    res, out = _time_compiled(forward(args.dtype), (variables, frames, masks), args.iters)
+    res.update(num_local=nl, input=described, params=sum(int(a.size) for a in jax.tree.leaves(variables["params"])))
+    if args.compare_float32:
+        ref = np.asarray(forward("float32")(variables, frames, masks), np.float64)
+        err = np.mean(((np.asarray(out, np.float64) - ref) / 2) ** 2)  # frames in [-1, 1] -> [0, 1]
+        res["psnr_vs_float32_db"] = round(float(10 * np.log10(1.0 / max(err, 1e-20))), 2)
+        res["max_abs_diff_vs_float32"] = round(float(np.abs(np.asarray(out) - ref).max()), 5)
+        res["weights"] = "fan-in (every parameter redrawn at unit fan-in scale)"
     return res
 
 
