@@ -135,3 +135,32 @@ print(len(used))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.split()[-1]) >= 1
+
+
+def test_bfloat16_against_float32_reports_psnr(capsys):
+    rc = benchmark.main(["--model", "sttn", "--frames", "1", "--height", "60", "--width", "108", "--iters", "1",
+                         "--option", "channels=32", "--option", "num_blocks=1", "--video", "random",
+                         "--option", "patch_sizes=[[15,27],[5,9]]", "--dtype", "bfloat16", "--compare-float32"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dtype"] == "bfloat16"
+    assert 20 < printed["psnr_vs_float32_db"] < 120  # close, not identical: bfloat16 did run
+    with pytest.raises(SystemExit, match="add --dtype bfloat16"):
+        benchmark.main(["--model", "sttn", "--compare-float32"])
+
+
+def test_plot_from_side_by_side_results(tmp_path):
+    plot = _load("plot_benchmarks")
+    paths = []
+    for frames, height in ((5, 240), (10, 240), (8, 240), (8, 480)):
+        side = lambda s: {"step_s": s * frames * height / 240, "peak_host_bytes": 2**30 * frames}  # noqa: E731
+        d = {"model": "e2fgvi_hq", "frames": frames, "height": height, "cpus": 2, "jax": side(1.0),
+             "torch": side(1.5)}
+        paths.append(tmp_path / f"r{frames}_{height}.json")
+        paths[-1].write_text(json.dumps(d))
+    out = tmp_path / "plot.png"
+    assert plot.main([*map(str, paths), "--output", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a --against-official result"):
+        plot.main([str(tmp_path / "bad.json"), "--output", str(out)])
