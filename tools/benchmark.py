@@ -382,11 +382,7 @@ def against_official(args, raw):
         out["train_step"] = (f"D hinge (real, detached comp) then G = hole L1 + valid L1 + {ADV_WEIGHT} x hinge adv "
                              f"with the updated D; Adam(lr {LR}, betas {BETAS}); official discriminator "
                              f"{OFFICIAL[args.model]['module']}.Discriminator / ours {spec['disc']}; torch dropout off")
-    text = json.dumps(out)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit_json(out, args.output)
     if not agreement["ok"]:
         raise SystemExit(f"JAX and the official PyTorch {args.model} disagree: worst max|jax-torch|/max(1,max|torch|)"
                          f" = {agreement['worst_ratio']:.3g} > {args.tolerance}")
@@ -690,12 +686,17 @@ def main(argv=None):
         "jax": jax.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
-    text = json.dumps(out)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit_json(out, args.output)
     return 0
+
+
+def emit_json(out: dict, path: str | None = None, indent: int | None = None):
+    """Print the result as JSON and, with a path, also write it there."""
+    text = json.dumps(out, indent=indent)
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ arithmetic of its bilinear sampling (4 taps x 2 multiply-adds x modulation per s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -32,6 +31,8 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from benchmark import emit_json  # noqa: E402  (tools/benchmark.py)
 
 
 def parse_args(argv=None):
@@ -263,11 +264,7 @@ def main(argv=None):
         "sum_of_children_s": round(total_s, 4), "modules": table, "in_context": in_context,
         "backend": jax.default_backend(), "jax": jax.__version__,
     }
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit_json(out, args.output, indent=1)
     return 0
 
 
