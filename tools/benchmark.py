@@ -215,7 +215,18 @@ def bench_train(args, overrides):
         state, _ = jax.block_until_ready(compiled(state, batch))
         times.append(time.perf_counter() - t)
     return {"trace_s": t1 - t0, "compile_s": t2 - t1, "step_s": statistics.median(times), "step_s_all": times,
-            "params": n_params}
+            "params": n_params, **xla_memory(compiled)}
+
+
+def xla_memory(compiled) -> dict:
+    """XLA's buffer assignment for the compiled step: temp_bytes = the live activations/workspace it plans
+    (what rematerialisation reduces), apart from host RSS, which also counts the compiler's own peak."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends do not report it
+        return {}
+    return {"xla_temp_bytes": int(m.temp_size_in_bytes), "xla_argument_bytes": int(m.argument_size_in_bytes),
+            "xla_output_bytes": int(m.output_size_in_bytes)} if m is not None else {}
 
 
 # --- against the official PyTorch code ------------------------------------------------------------------
