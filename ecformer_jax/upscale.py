@@ -19,10 +19,8 @@ video (bicubic x4 input | result) is written next to the output: SR_side_by_side
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,16 +47,18 @@ def is_training_workdir(path) -> bool:
     return p.is_dir() and (p / "config.json").is_file() and (p / "checkpoints").is_dir()
 
 
-@contextlib.contextmanager
-def _loadable(checkpoint):
-    """`checkpoint` itself, or for a training workdir its latest checkpoint exported to a temporary folder."""
+def _load(checkpoint, model_name, dtype):
+    """(name, model, variables) from a .pth, a converted folder, or a training workdir (its latest checkpoint,
+    read in place)."""
     if not is_training_workdir(checkpoint):
-        yield checkpoint
-        return
-    from ecformer_jax.training.sr import export
+        from ecformer_jax.inference.vsr import load_model
 
-    with tempfile.TemporaryDirectory(prefix="upscale-") as tmp:
-        yield export(os.fspath(checkpoint), os.path.join(tmp, "params"))
+        return load_model(checkpoint, model_name, dtype)
+    from ecformer_jax.inference.common import build_loaded
+    from ecformer_jax.training.sr import read_workdir
+
+    name, overrides, variables, source = read_workdir(os.fspath(checkpoint))
+    return build_loaded(source, name, overrides, variables, model_name, "super_resolution", dtype, what="trained")
 
 
 def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=None, batch_size=16,
@@ -72,8 +72,7 @@ def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=N
     t0 = time.perf_counter()
     frames = video_io.read_frames(video)  # VideoError (a ValueError) for missing / empty / unreadable input
     n, h, w, _ = frames.shape
-    with _loadable(checkpoint) as path:
-        name, model, variables = load_model(path, model_name, dtype)
+    name, model, variables = _load(checkpoint, model_name, dtype)
     crop_plan(h, w, model.feat_size, overlap)  # too small frames: fail before compiling anything
     upscaler = VSRUpscaler(model, variables, batch_size=batch_size, overlap=overlap)
     fps = fps or read_fps(video, 24.0)

@@ -51,7 +51,6 @@ def load_model(checkpoint: str | os.PathLike, model_name: str | None = None, kin
     a different `model_name` is refused. Any mismatch between checkpoint and model raises
     CheckpointError naming the keys. dtype: the compute dtype (parameters stay float32).
     """
-    import jax
     import jax.numpy as jnp
 
     from ecformer_jax import convert, models
@@ -64,17 +63,7 @@ def load_model(checkpoint: str | os.PathLike, model_name: str | None = None, kin
             raise convert.CheckpointError(
                 f"{checkpoint} is a folder but not a converted checkpoint (no {convert.META}); pass the official "
                 ".pth file or a folder written by tools/convert_torch.py")
-        name, overrides, variables = convert.load(checkpoint)
-        overrides = {k: _tuples(v) for k, v in overrides.items()}  # JSON gives lists; modules want tuples
-        if model_name is not None and model_name != name:
-            raise convert.CheckpointError(
-                f"{checkpoint} holds a converted '{name}' checkpoint but --model {model_name} was asked for; "
-                "leave --model out to use the checkpoint's model")
-        require_model(name, kind)
-        model = models.build(name, **overrides, **dtype_kw)
-        expected = jax.eval_shape(lambda: models.init(model, name, jax.random.key(0)))
-        convert._check_tree(name, expected, variables, {})
-        return name, model, variables
+        return build_loaded(checkpoint, *convert.load(checkpoint), model_name, kind, dtype)
     if not os.path.exists(checkpoint):
         raise convert.CheckpointError(f"checkpoint not found: {checkpoint}")
     name = model_name or default_model
@@ -86,6 +75,27 @@ def load_model(checkpoint: str | os.PathLike, model_name: str | None = None, kin
     overrides = dict(options_from_state_dict(entry, state_dict)) if options_from_state_dict is not None else {}
     variables = convert.from_torch(name, state_dict, **overrides)
     return name, models.build(name, **overrides, **dtype_kw), variables
+
+
+def build_loaded(source, name: str, overrides: dict, variables, model_name: str | None = None,
+                 kind: str = "inpainting", dtype: Any = None, what: str = "converted"):
+    """(name, model, variables) for parameters already read (a converted folder, a training checkpoint):
+    refuses a different `model_name` and checks every key and shape against the model."""
+    import jax
+    import jax.numpy as jnp
+
+    from ecformer_jax import convert, models
+
+    overrides = {k: _tuples(v) for k, v in overrides.items()}  # JSON gives lists; modules want tuples
+    if model_name is not None and model_name != name:
+        raise convert.CheckpointError(
+            f"{source} holds a {what} '{name}' checkpoint but --model {model_name} was asked for; "
+            "leave --model out to use the checkpoint's model")
+    require_model(name, kind)
+    model = models.build(name, **overrides, **({} if dtype is None else {"dtype": jnp.dtype(dtype)}))
+    expected = jax.eval_shape(lambda: models.init(model, name, jax.random.key(0)))
+    convert._check_tree(name, expected, variables, {})
+    return name, model, variables
 
 
 def _tuples(value):

@@ -262,13 +262,10 @@ def make_preview(config, model):
 
 
 # --- export for the upscale command -------------------------------------------------------------------
-def export(workdir: str, output: str, step: int | None = None, overwrite: bool = False) -> str:
-    """Write the generator parameters of training checkpoint `step` (default: the latest) of `workdir`
-    as a converted checkpoint folder (convert.save), which `python -m ecformer_jax.upscale --checkpoint`
-    loads; the model name and options come from <workdir>/config.json."""
+def read_workdir(workdir: str, step: int | None = None):
+    """(model name, model options, {'params': generator parameters}, source) of training checkpoint `step`
+    (default: the latest) of `workdir`; the model name and options come from <workdir>/config.json."""
     import orbax.checkpoint as ocp
-
-    from ecformer_jax import convert
 
     workdir = os.path.abspath(workdir)
     cfg_path = os.path.join(workdir, "config.json")
@@ -285,8 +282,16 @@ def export(workdir: str, output: str, step: int | None = None, overwrite: bool =
     if step not in steps:
         raise ValueError(f"no checkpoint of step {step} in {ckpt_dir}; available: {steps}")
     state = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
-    variables = {"params": jax.tree.map(np.asarray, state["g_params"])}
-    return convert.save(output, name, variables, overrides, source=f"{ckpt_dir}/{step}", overwrite=overwrite)
+    return name, overrides, {"params": jax.tree.map(np.asarray, state["g_params"])}, f"{ckpt_dir}/{step}"
+
+
+def export(workdir: str, output: str, step: int | None = None, overwrite: bool = False) -> str:
+    """Write the generator parameters of a training checkpoint of `workdir` (read_workdir) as a converted
+    checkpoint folder (convert.save)."""
+    from ecformer_jax import convert
+
+    name, overrides, variables, source = read_workdir(workdir, step)
+    return convert.save(output, name, variables, overrides, source=source, overwrite=overwrite)
 
 
 def main(argv=None) -> int:
