@@ -128,6 +128,21 @@ def subtree(variables, path):
 _COMPILED = {}  # identical submodules on identical shapes (the transformer blocks) compile once
 
 
+def untiled_cost(fn, args):
+    """XLA's cost analysis counts a while loop's body once, and the CPU attention runs its tiles in a
+    `lax.map` (layers/attention.py), so FLOPs are taken from a compile with the tiling off."""
+    import jax
+
+    from ecformer_jax.layers import attention
+
+    saved, attention.CPU_TILE = attention.CPU_TILE, 0
+    try:
+        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    finally:
+        attention.CPU_TILE = saved
+    return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
 def time_fn(fn, args, iters, cache_key=None):
     import jax
 
@@ -136,8 +151,7 @@ def time_fn(fn, args, iters, cache_key=None):
         compiled, cost = _COMPILED[cache_key]
     else:
         compiled = jax.jit(fn).lower(*args).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        cost = untiled_cost(fn, args)
         if cache_key is not None:
             _COMPILED[cache_key] = compiled, cost
     compile_s = time.perf_counter() - t0

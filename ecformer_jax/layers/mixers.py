@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ecformer_jax.layers.attention import merge_heads, split_heads
+from ecformer_jax.layers.attention import attend, merge_heads, split_heads
 from ecformer_jax.layers.windows import (
     FocalPool,
     TemporalFocalAttention,
@@ -234,17 +234,15 @@ class ShiftedWindowAttention(nn.Module):
         hd = c // self.heads
         q = split_heads(q * jnp.asarray(hd ** -0.5, q.dtype), self.heads)  # (B, nW, heads, N, hd)
         k, v = split_heads(k, self.heads), split_heads(v, self.heads)
-        scores = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32)
 
         table = self.param("relative_position_bias_table", trunc_normal,
                            (math.prod(2 * w - 1 for w in self.window), self.heads), jnp.float32)
         idx = relative_position_index(window, self.window)
         bias = jnp.take(table, jnp.asarray(idx.reshape(-1)), axis=0).reshape(n, n, self.heads)
-        scores = scores + jnp.transpose(bias, (2, 0, 1))
+        bias = jnp.transpose(bias, (2, 0, 1))  # (heads, N, N)
         if shifted:
-            scores = scores + jnp.asarray(shift_mask(padded, window, shift))[None, :, None]
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = dense(c, "proj")(merge_heads(jnp.einsum("...qk,...kd->...qd", probs, v)))
+            bias = bias + jnp.asarray(shift_mask(padded, window, shift))[:, None]  # (nW, heads, N, N)
+        out = dense(c, "proj")(merge_heads(attend(q, k, v, bias=bias)))
         self.sow("intermediates", "windows", out)
         y = window_reverse_nd(out, window, padded)
         if shifted:
@@ -329,11 +327,8 @@ class FocalAttention(nn.Module):
         qh = split_heads(flat(window_partition(q, win)) * jnp.asarray(hd ** -0.5, q.dtype), self.heads)
         kh = split_heads(jnp.concatenate(keys, axis=-2), self.heads)  # (B, nh, nw, heads, L, hd)
         vh = split_heads(jnp.concatenate(values, axis=-2), self.heads)
-        scores = jnp.einsum("...qd,...kd->...qk", qh, kh, preferred_element_type=jnp.float32)
-        scores = scores + jnp.concatenate(biases, axis=-1)  # (heads, N, L)
-        scores = scores + jnp.asarray(np.concatenate(masks, axis=-1))[:, :, None, None, :]
-        probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype)
-        out = merge_heads(jnp.einsum("...qk,...kd->...qd", probs, vh))  # (B, nh, nw, N, C)
+        bias = jnp.concatenate(biases, axis=-1) + jnp.asarray(np.concatenate(masks, axis=-1))[:, :, None, None, :]
+        out = merge_heads(attend(qh, kh, vh, bias=bias))  # (B, nh, nw, N, C)
         return nn.Dense(c, dtype=self.dtype, kernel_init=trunc_normal, name="proj")(out)
 
 

@@ -19,6 +19,7 @@ queries of a window attend to, for every frame t:
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecformer_jax.layers.attention import merge_heads, split_heads
+from ecformer_jax.layers.attention import attend
 from ecformer_jax.layers.conv import normal_init
 
 PAD_LOGIT = -100.0  # what the official code adds to the logits of zero-padded pooled keys
@@ -115,9 +116,10 @@ def neighbourhood(pooled, kernel):
     b, t, nh, nw, c = pooled.shape
     kh, kw = _odd(kernel)
     ph, pw = kh // 2, kw // 2
-    padded = jnp.pad(pooled, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
+    xp = np if isinstance(pooled, np.ndarray) else jnp  # numpy in: numpy out (index building, no tracing)
+    padded = xp.pad(pooled, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
     taps = [padded[:, :, i : i + nh, j : j + nw] for i in range(kh) for j in range(kw)]
-    return jnp.stack(taps, axis=-2).transpose(0, 2, 3, 1, 4, 5)
+    return xp.stack(taps, axis=-2).transpose(0, 2, 3, 1, 4, 5)
 
 
 def neighbourhood_valid(grid, kernel) -> np.ndarray:
@@ -151,11 +153,35 @@ class FocalPool(nn.Module):
         return pooled[..., 0].transpose(0, 3, 1, 2, 4)  # (B, T, nh, nw, C)
 
 
+@functools.lru_cache(maxsize=16)
+def focal_key_index(t: int, h: int, w: int, window, expand, kernel) -> np.ndarray:
+    """(nh, nw, L) row indices giving every window's key set in the official order (own window T * n_win,
+    rolled ring T * n_ring, pooled neighbourhood T * kh * kw, each t-major) as one gather.
+
+    The rows index [the T*H*W tokens ; the T*nh*nw pooled tokens ; one zero row], all (t, row, col) row-major;
+    padded neighbourhood entries point at the zero row. Built by running `window_partition`, the rolls of
+    `rolled_tokens` and `neighbourhood` on maps of positions, so the order is theirs by construction.
+    """
+    wh, ww = window
+    nh, nw = h // wh, w // ww
+    n_tokens, n_pooled = t * h * w, t * nh * nw
+    flat = lambda a: a.reshape(nh, nw, -1)
+    pos = np.arange(n_tokens).reshape(1, t, h, w, 1)
+    own = window_partition(pos, window)
+    ring = np.concatenate([window_partition(np.roll(pos, (sy * expand[0], sx * expand[1]), axis=(2, 3)), window)
+                           for sy, sx in ROLL_SIGNS], axis=-2)[..., rolled_ring_indices(window, expand), :]
+    pooled = 1 + n_tokens + np.arange(n_pooled).reshape(1, t, nh, nw, 1)  # +1: zero padding reads 0
+    nbr = neighbourhood(pooled, kernel) - 1
+    nbr = np.where(nbr < 0, n_tokens + n_pooled, nbr)
+    return np.concatenate([flat(own), flat(ring), flat(nbr)], axis=-1).astype(np.int32)
+
+
 class TemporalFocalAttention(nn.Module):
     """E2FGVI's WindowAttention (focal level 2, "fc" pooling, expand = window // 2, no shift).
 
     __call__(x, pooled): x (B, T, H, W, C) normalised tokens, pooled (B, T, nh, nw, C) the focal-pooled
-    map of the same tokens. Returns (B, T, H, W, C) after the output projection.
+    map of the same tokens. Returns (B, T, H, W, C) after the output projection. Queries and key sets are
+    gathered in one `jnp.take` each (`focal_key_index`), head-major, and attended to in tiles (`attend`).
     """
 
     dim: int
@@ -171,33 +197,32 @@ class TemporalFocalAttention(nn.Module):
         window = tuple(self.window)
         expand = (window[0] // 2, window[1] // 2)
         kernel = (2 * (self.focal_window[0] // 2) + 1, 2 * (self.focal_window[1] // 2) + 1)
+        nh, nw = h // window[0], w // window[1]
+        if pooled.shape != (b, t, nh, nw, c):
+            raise ValueError(f"TemporalFocalAttention: pooled map {pooled.shape} is not the {(b, t, nh, nw, c)} "
+                             f"window grid of the {x.shape} tokens")
         qkv_layer = nn.Dense(3 * self.dim, dtype=self.dtype, kernel_init=normal_init, name="qkv")
         q, k, v = jnp.split(qkv_layer(x), 3, axis=-1)
         _, pk, pv = jnp.split(qkv_layer(pooled), 3, axis=-1)
 
-        nh, nw = h // window[0], w // window[1]
-        n_win = window[0] * window[1]
-        flat = lambda a: a.reshape(b, nh, nw, -1, c)  # (B, nh, nw, T, n, C) -> (B, nh, nw, T * n, C)
-        qw = flat(window_partition(q, window))
-
-        def key_set(full, pool):
-            # official order: own window (T * n_win), rolled ring (T * n_ring), pooled (T * kh * kw)
-            return jnp.concatenate([flat(window_partition(full, window)), flat(rolled_tokens(full, window, expand)),
-                                    flat(neighbourhood(pool, kernel))], axis=-2)
-
-        keys, values = key_set(k, pk), key_set(v, pv)
-        valid = neighbourhood_valid((nh, nw), kernel)
-        n_ring = len(rolled_ring_indices(window, expand))
-        pooled_bias = np.where(valid, 0.0, PAD_LOGIT).astype(np.float32)  # (nh, nw, kh * kw)
-        logit_bias = np.concatenate(
-            [np.zeros((nh, nw, t * (n_win + n_ring)), np.float32), np.tile(pooled_bias, (1, 1, t))], axis=-1)
-
+        index = focal_key_index(t, h, w, window, expand, kernel)  # (nh, nw, L)
+        n_q = t * window[0] * window[1]  # each window's own tokens come first: they are its queries
         scale = (c // self.heads) ** -0.5
-        qh = split_heads(qw * jnp.asarray(scale, qw.dtype), self.heads)  # (B, nh, nw, heads, Lq, d)
-        kh_, vh = split_heads(keys, self.heads), split_heads(values, self.heads)
-        scores = jnp.einsum("...qd,...kd->...qk", qh, kh_, preferred_element_type=jnp.float32)
-        scores = scores + jnp.asarray(logit_bias)[None, :, :, None, None, :]
-        probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype)
-        out = merge_heads(jnp.einsum("...qk,...kd->...qd", probs, vh))  # (B, nh, nw, T * n_win, C)
+
+        def gather(rows, idx):  # (B, N, C) -> (B, heads, nh, nw, len, d), head-major
+            rows = jnp.moveaxis(rows.reshape(b, rows.shape[1], self.heads, -1), 2, 1)
+            return jnp.take(rows, jnp.asarray(idx.reshape(-1)), axis=2).reshape(b, self.heads, nh, nw, -1, rows.shape[-1])
+
+        def key_rows(full, pool):
+            return jnp.concatenate([full.reshape(b, -1, c), pool.reshape(b, -1, c), jnp.zeros((b, 1, c), full.dtype)], 1)
+
+        qh = gather((q * jnp.asarray(scale, q.dtype)).reshape(b, -1, c), index[..., :n_q])
+        kh_, vh = gather(key_rows(k, pk), index), gather(key_rows(v, pv), index)
+        valid = neighbourhood_valid((nh, nw), kernel)
+        pooled_bias = np.tile(np.where(valid, 0.0, PAD_LOGIT).astype(np.float32), (1, 1, t))  # (nh, nw, T*kh*kw)
+        logit_bias = np.concatenate([np.zeros((nh, nw, index.shape[-1] - pooled_bias.shape[-1]), np.float32),
+                                     pooled_bias], axis=-1)
+        out = attend(qh, kh_, vh, bias=jnp.asarray(logit_bias)[None, None, :, :, None, :])  # (B, heads, nh, nw, Lq, d)
+        out = out.transpose(0, 2, 3, 4, 1, 5).reshape(b, nh, nw, n_q, c)
         out = nn.Dense(self.dim, dtype=self.dtype, kernel_init=normal_init, name="proj")(out)
-        return window_reverse(out.reshape(b, nh, nw, t, n_win, c), window)
+        return window_reverse(out.reshape(b, nh, nw, t, -1, c), window)

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from ecformer_jax.layers.attention import MultiHeadAttention, dot_product_attention, merge_heads, split_heads
+import pytest
+
+from ecformer_jax.layers.attention import MultiHeadAttention, attend, dot_product_attention, merge_heads, split_heads
 from ecformer_jax.layers.conv import Deconv, conv2d, grouped_concat, split_group_conv
 from ecformer_jax.layers.spectral import SpectralNormConv3d
 
@@ -92,3 +94,25 @@ def test_spectral_norm_power_iteration_matches_torch():
     # no gradient flows into u, v
     g = jax.grad(lambda v: jnp.sum(m.apply(v, xj)))(variables)
     assert float(jnp.abs(g["spectral"]["u"]).max()) == 0.0
+
+
+@pytest.mark.parametrize("tile,bias_rows", [(40 * 30, 1), (2 * 40 * 30, 40), (700, 40), (256, 1)])
+def test_tiled_attention_is_the_untiled_attention(tile, bias_rows):
+    """Tiles over heads/windows (tile >= one head's logits) or over query blocks (smaller, with padding of the
+    last block) give the untiled result and gradients, with a per-query or per-key bias and top-k."""
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((2, 3, 4, 40, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 3, 4, 30, 8)).astype(np.float32) for _ in range(2))
+    bias = rng.standard_normal((3, 1, bias_rows, 30)).astype(np.float32)
+    for topk in (None, 7):
+        run = lambda q_, k_, v_, t: attend(q_, k_, v_, scale=0.3, bias=bias, topk=topk, tile=t)
+        want = run(q, k, v, 0)
+        chex.assert_trees_all_close(run(q, k, v, tile), want, atol=1e-6, rtol=1e-6)
+        loss = lambda t: jax.grad(lambda *a: jnp.sum(run(*a, t) ** 2), argnums=(0, 1, 2))(q, k, v)
+        chex.assert_trees_all_close(loss(tile), loss(0), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_rejects_mismatched_shapes():
+    q = np.zeros((2, 5, 8), np.float32)
+    with pytest.raises(ValueError, match="do not line up"):
+        attend(q, np.zeros((2, 6, 4), np.float32), np.zeros((2, 6, 4), np.float32))

@@ -180,3 +180,17 @@ def test_temporal_focal_attention_bfloat16_runs():
                                                                     pooled.astype(jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), ref, atol=3e-2 * max(1, np.abs(ref).max()))
+
+
+def test_focal_key_index_is_the_structured_key_set():
+    """One gather with `focal_key_index` = own window ++ rolled ring ++ zero-padded pooled neighbourhood."""
+    t, h, w, c = 2, 15, 27, 3
+    full, pooled = _rand((1, t, h, w, c), 8), _rand((1, t, 3, 3, c), 9)
+    window, expand, kernel = (5, 9), (2, 4), (5, 9)
+    flat = lambda a: np.asarray(a).reshape(1, 3, 3, -1, c)
+    want = np.concatenate([flat(W.window_partition(full, window)), flat(W.rolled_tokens(full, window, expand)),
+                           flat(W.neighbourhood(pooled, kernel))], axis=-2)
+    idx = W.focal_key_index(t, h, w, window, expand, kernel)
+    rows = np.concatenate([np.asarray(full).reshape(t * h * w, c), np.asarray(pooled).reshape(-1, c),
+                           np.zeros((1, c), np.float32)])
+    np.testing.assert_array_equal(rows[idx][None], want)
