@@ -130,16 +130,17 @@ _COMPILED = {}  # identical submodules on identical shapes (the transformer bloc
 
 def untiled_cost(fn, args):
     """XLA's cost analysis counts a while loop's body once, and the CPU attention runs its tiles in a
-    `lax.map` (layers/attention.py), so FLOPs are taken from a compile with the tiling off."""
+    `lax.map` (layers/tiling.py), so FLOPs are taken from a compile with the tiling off."""
     import jax
 
-    from ecformer_jax.layers import attention
+    from ecformer_jax.layers import tiling
 
-    saved, attention.CPU_TILE = attention.CPU_TILE, 0
+    saved, tiling.CPU_TILE = tiling.CPU_TILE, 0
     try:
-        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+        # a fresh function object: jax would otherwise reuse the tiled trace of `fn`
+        cost = jax.jit(lambda *a: fn(*a)).lower(*args).compile().cost_analysis()
     finally:
-        attention.CPU_TILE = saved
+        tiling.CPU_TILE = saved
     return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 

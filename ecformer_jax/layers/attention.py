@@ -4,7 +4,7 @@ and the multi-head wrapper.
 Why tiles: on the CPU the (..., Lq, Lk) score tensor of a whole layer is written, read back by the softmax and
 read again by the value product; at E2FGVI's 64 x 360 x 1680 or FuseFormer's 4 x 3600 x 3600 logits that is
 150-200 MB per pass, and the attention ran at half the speed of the same matmuls on cache-sized blocks.
-`attend` therefore evaluates the attention in tiles of about `CPU_TILE` logits (a group of heads/windows, or a
+`attend` therefore evaluates the attention in tiles of about `layers.tiling.CPU_TILE` logits (a group of heads/windows, or a
 block of queries of one), one tile after another in a `lax.map`. Every query row sees exactly the same
 arithmetic as untiled, so results do not depend on the tiling. On GPU/TPU nothing is tiled by default.
 """
@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ecformer_jax.layers.conv import normal_init
-
-CPU_TILE = 1 << 21  # logits per tile on the CPU (8 MB of float32)
+from ecformer_jax.layers.tiling import default_tile
 
 
 def _softmax_rows(q, k, v, scale, bias, topk):
@@ -54,11 +53,10 @@ def attend(q, k, v, *, scale: float | None = None, bias=None, topk: int | None =
     q (B, ..., Lq, D), k (B, ..., Lk, D), v (B, ..., Lk, Dv) with the same leading dims; `scale` None means q
     is already scaled; `bias` broadcastable to (B, ..., Lq, Lk) is added to the logits; `topk` keeps only
     each query's topk best keys (ties with the topk-th kept; the rest get -inf). `tile`: logits per tile,
-    default `CPU_TILE` on the CPU and untiled elsewhere; 0 = untiled. The leading (batch) axis is never
+    default `layers.tiling.CPU_TILE` on the CPU and untiled elsewhere; 0 = untiled. The leading (batch) axis is never
     split, so a batch-sharded input stays sharded.
     """
-    if tile is None:
-        tile = CPU_TILE if jax.default_backend() == "cpu" else 0
+    tile = default_tile(tile)
     lead, (lq, d), (lk, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     if k.shape[:-2] != lead or v.shape[:-2] != lead or k.shape[-2] != lk or k.shape[-1] != d:
         raise ValueError(f"attend: q {q.shape}, k {k.shape}, v {v.shape} do not line up as (..., L, D)")

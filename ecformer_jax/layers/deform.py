@@ -13,9 +13,11 @@ mask), in channels-last layout:
   bilinearly, corners outside the image contributing 0 (so any sample outside (-1, H) x (-1, W)
   is 0); then an ordinary (grouped) contraction with the kernel, plus the bias.
 
-The implementation gathers the four bilinear corners of all kh * kw taps at once and contracts the
-sampled columns with the kernel in one einsum; everything is differentiable (w.r.t. x, offset,
-mask, kernel and bias) with plain JAX autodiff.
+The implementation gathers the four bilinear corners of all kh * kw taps of a block of output pixels and
+contracts the sampled columns with the kernel in one matmul; on the CPU the blocks (about
+`layers.tiling.CPU_TILE` sampled values) run one after another, so the (pixels, taps * Cin) columns are
+never allocated whole. Everything is differentiable (w.r.t. x, offset, mask, kernel and bias) with plain
+JAX autodiff.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import conv2d
+from ecformer_jax.layers.tiling import default_tile
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -39,11 +42,12 @@ def _pair(v, what: str) -> tuple[int, int]:
 
 
 def modulated_deform_conv2d(x, offset, mask, kernel, bias=None, stride=1, padding=1, dilation=1, groups: int = 1,
-                            deform_groups: int = 1):
+                            deform_groups: int = 1, tile: int | None = None):
     """mmcv.ops.modulated_deform_conv2d on channels-last tensors (see the module docstring).
 
     Returns (N, Ho, Wo, Cout) with Ho = (H + 2 ph - dh (kh - 1) - 1) // sh + 1 (likewise Wo), in
-    x's dtype. Sampling positions and bilinear weights are computed in at least float32.
+    x's dtype. Sampling positions and bilinear weights are computed in at least float32. `tile`: sampled
+    values per tile of output pixels (layers/tiling.py; default: tiled on the CPU only, 0 = untiled).
     """
     n, h, w, cin = check_video(x, "modulated_deform_conv2d input x", ndim=4)
     kshape = getattr(kernel, "shape", None)
@@ -77,43 +81,50 @@ def modulated_deform_conv2d(x, offset, mask, kernel, bias=None, stride=1, paddin
     cg = cin // dg
     p = ho * wo
 
-    # sampling positions (n, dg, p, k)
-    off = offset.astype(ctype).reshape(n, p, dg, k, 2)
-    off = jnp.moveaxis(off, 2, 1)  # (n, dg, p, k, 2)
-    tap_y = np.repeat(np.arange(kh) * dh, kw)
-    tap_x = np.tile(np.arange(kw) * dw, kh)
+    # undisplaced sampling positions (p, k, 2) of every output pixel and tap
     oy, ox = np.meshgrid(np.arange(ho) * sh - ph, np.arange(wo) * sw - pw, indexing="ij")
-    base_y = (oy.reshape(p, 1) + tap_y[None, :]).astype(np.float64)
-    base_x = (ox.reshape(p, 1) + tap_x[None, :]).astype(np.float64)
-    py = jnp.asarray(base_y, ctype) + off[..., 0]
-    px = jnp.asarray(base_x, ctype) + off[..., 1]
-    m = jnp.moveaxis(mask.astype(ctype).reshape(n, p, dg, k), 2, 1)  # (n, dg, p, k)
+    base = np.stack([oy.reshape(p, 1) + np.repeat(np.arange(kh) * dh, kw)[None],
+                     ox.reshape(p, 1) + np.tile(np.arange(kw) * dw, kh)[None]], axis=-1).astype(np.float32)
+    src = x.reshape(n, h * w * dg, cg)  # row = pixel * dg + deformable group
+    kern = kernel.astype(dtype).reshape(k * cin_g, cout) if groups == 1 else \
+        kernel.astype(dtype).reshape(k, cin_g, groups, cout // groups)
 
-    y0f, x0f = jnp.floor(py), jnp.floor(px)
-    ly, lx = py - y0f, px - x0f
-    hy, hx = 1 - ly, 1 - lx
-    y0, x0 = y0f.astype(jnp.int32), x0f.astype(jnp.int32)
+    def columns_times_kernel(args):  # pixels (n, q) of the output -> (n, q, cout)
+        off, m, pos = args  # (n, q, dg, k, 2), (n, q, dg, k), (q, k, 2)
+        q = pos.shape[0]
+        off, m = jnp.swapaxes(off, 2, 3), jnp.swapaxes(m, 2, 3)  # (n, q, k, dg, ...)
+        py, px = pos[None, :, :, None, 0] + off[..., 0], pos[None, :, :, None, 1] + off[..., 1]
+        y0f, x0f = jnp.floor(py), jnp.floor(px)
+        ly, lx = py - y0f, px - x0f
+        hy, hx = 1 - ly, 1 - lx
+        y0, x0 = y0f.astype(jnp.int32), x0f.astype(jnp.int32)
+        cols = None  # (n, q, k, dg, cg): the bilinear samples, summed over the four corners
+        for cy, cx, wgt in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
+            iy, ix = y0 + cy, x0 + cx
+            valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+            rows = (jnp.clip(iy, 0, h - 1) * w + jnp.clip(ix, 0, w - 1)) * dg + np.arange(dg, dtype=np.int32)
+            vals = jax.vmap(lambda f, i: jnp.take(f, i, axis=0))(src, rows.reshape(n, -1))
+            term = vals.reshape(n, q, k, dg, cg) * jnp.where(valid, wgt * m, 0).astype(dtype)[..., None]
+            cols = term if cols is None else cols + term
+        if groups == 1:  # channel index within a tap = d * cg + c, the kernel's input channel
+            return (cols.reshape(n * q, k * cin) @ kern).reshape(n, q, cout)
+        cols = cols.reshape(n, q, k, groups, cin_g)
+        return jnp.einsum("npkgc,kcgo->npgo", cols, kern).reshape(n, q, cout)
 
-    # x as (n, dg, h*w, cg): one gather per corner for all taps of a deformable group
-    src = jnp.moveaxis(x.reshape(n, h * w, dg, cg), 2, 1)
-    gather = jax.vmap(jax.vmap(lambda f, i: jnp.take(f, i, axis=0)))
-    cols = None
-    for cy, cx, wgt in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
-        iy, ix = y0 + cy, x0 + cx
-        valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-        idx = jnp.clip(iy, 0, h - 1) * w + jnp.clip(ix, 0, w - 1)
-        vals = gather(src, idx.reshape(n, dg, p * k)).reshape(n, dg, p, k, cg)
-        coef = jnp.where(valid, wgt * m, 0).astype(dtype)
-        term = vals * coef[..., None]
-        cols = term if cols is None else cols + term
-
-    kern = kernel.astype(dtype).reshape(k, cin_g, cout)
-    if groups == 1:
-        out = jnp.einsum("ndpkc,kdco->npo", cols, kern.reshape(k, dg, cg, cout))
-    else:
-        cols = jnp.moveaxis(cols, 1, 3).reshape(n, p, k, groups, cin_g)  # channel = d * cg + c
-        kern = kern.reshape(k, cin_g, groups, cout // groups)
-        out = jnp.einsum("npkgc,kcgo->npgo", cols, kern).reshape(n, p, cout)
+    off = offset.astype(ctype).reshape(n, p, dg, k, 2)
+    m = mask.astype(ctype).reshape(n, p, dg, k)
+    tile = default_tile(tile)
+    per = min(p, max(1, tile // (k * cin))) if tile else p  # output pixels per tile
+    if per == p:
+        out = columns_times_kernel((off, m, jnp.asarray(base)))
+    else:  # tiles of output pixels, one after another (the last padded, then cropped)
+        chunks = -(-p // per)
+        pad = lambda a, axis: jnp.pad(a, [(0, chunks * per - p) if i == axis else (0, 0) for i in range(a.ndim)])
+        split = lambda a: jnp.moveaxis(a.reshape(n, chunks, per, *a.shape[2:]), 1, 0)
+        out = jax.lax.map(columns_times_kernel, (split(pad(off, 1)), split(pad(m, 1)),
+                                                 jnp.asarray(np.pad(base, ((0, chunks * per - p), (0, 0), (0, 0)))
+                                                             ).reshape(chunks, per, k, 2)))
+        out = jnp.moveaxis(out, 0, 1).reshape(n, chunks * per, cout)[:, :p]
     if bias is not None:
         out = out + bias.astype(dtype)
     return out.reshape(n, ho, wo, cout)

@@ -286,3 +286,24 @@ def test_deform_align_from_torch_round_trip():
     back = deform_align_from_torch(tsd, pre)
     tsd.check("deform_align")
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), back, params)
+
+
+@pytest.mark.parametrize("groups,deform_groups,stride", [(1, 2, 1), (2, 2, 2)])
+def test_tiled_sampling_is_the_untiled_sampling(groups, deform_groups, stride):
+    """Blocks of output pixels (the CPU default at real sizes; forced here with tiny tiles, the last block
+    padded) give the untiled output and gradients."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 7, 9, 4)).astype(np.float32)
+    ho, wo = (7 - 1) // stride + 1, (9 - 1) // stride + 1
+    off = (2.5 * rng.standard_normal((2, ho, wo, deform_groups * 18))).astype(np.float32)
+    mask = rng.random((2, ho, wo, deform_groups * 9)).astype(np.float32)
+    kern = rng.standard_normal((3, 3, 4 // groups, 6)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    run = lambda tile, *a: modulated_deform_conv2d(*a, bias, stride=stride, padding=1, groups=groups,
+                                                   deform_groups=deform_groups, tile=tile)
+    want = run(0, x, off, mask, kern)
+    for tile in (36 * 11, 36 * 4, 36):  # 11, 4 and 1 pixels per block
+        np.testing.assert_allclose(np.asarray(run(tile, x, off, mask, kern)), np.asarray(want), rtol=1e-6, atol=1e-6)
+    grads = lambda tile: jax.grad(lambda *a: jnp.sum(run(tile, *a) ** 2), argnums=(0, 1, 2, 3))(x, off, mask, kern)
+    for got, ref in zip(grads(36 * 4), grads(0)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
