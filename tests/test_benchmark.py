@@ -164,3 +164,9 @@ def test_plot_from_side_by_side_results(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a --against-official result"):
         plot.main([str(tmp_path / "bad.json"), "--output", str(out)])
+
+
+def test_infer_pads_like_the_inpaint_command():
+    """E2FGVI-HQ at 1280x720 is benchmarked as the inpaint command runs it: mirror-padded to 1296x720."""
+    assert benchmark.padded_size("e2fgvi_hq", {}, (720, 1280)) == (720, 1296)
+    assert benchmark.padded_size("e2fgvi_hq", {}, (240, 432)) == (240, 432)

@@ -154,14 +154,23 @@ def bench_infer(args, overrides):
         variables = fan_in_variables(variables)
     frames, masks, described = make_inputs(args)
     nl = args.num_local if args.num_local else (args.frames if entry.generate is not None else None)
+    padded = padded_size(args.model, overrides, (args.height, args.width))
 
     def forward(dtype):
+        from ecformer_jax.models.e2fgvi import crop, pad_to_multiple
+
         model = models.build(args.model, dtype=jnp.dtype(dtype), **overrides)
-        return jax.jit(lambda v, x, m: models.generate(args.model, model, v, x * (1 - m), m,
-                                                       num_local_frames=nl)[0].astype(jnp.float32))
+
+        def run(v, x, m):  # mirror-padded to the model's multiple and cropped back, as the inpaint command
+            (xp, size), (mp, _) = pad_to_multiple(x * (1 - m), padded), pad_to_multiple(m, padded)
+            out = models.generate(args.model, model, v, xp, mp, num_local_frames=nl)[0]
+            return crop(out, size).astype(jnp.float32)
+        return jax.jit(run)
 
     res, out = _time_compiled(forward(args.dtype), (variables, frames, masks), args.iters)
     res.update(num_local=nl, input=described, params=sum(int(a.size) for a in jax.tree.leaves(variables["params"])))
+    if padded != (args.height, args.width):
+        res["padded_to"] = f"{padded[1]}x{padded[0]} (mirror padding, as the inpaint command; output cropped back)"
     if args.compare_float32:
         ref = np.asarray(forward("float32")(variables, frames, masks), np.float64)
         err = np.mean(((np.asarray(out, np.float64) - ref) / 2) ** 2)  # frames in [-1, 1] -> [0, 1]
@@ -275,6 +284,16 @@ def _num_local(args, spec):
 def default_clip() -> str:
     data = os.environ.get("ECFORMER_DATA_DIR") or os.path.join(os.path.dirname(ROOT), "shared", "data")
     return os.path.join(data, "tennis")
+
+
+def padded_size(name, overrides, size):
+    """(H, W) the inpainting command would feed the model for frames of `size` (its protocol's multiple); a
+    model that only runs at one size gets `size` back and says so itself."""
+    from ecformer_jax import models
+    from ecformer_jax.inference.protocol import protocol_for
+
+    mh, mw = protocol_for(name).size_rule(models.build(name, **overrides)).multiple
+    return (size[0] + (-size[0]) % mh, size[1] + (-size[1]) % mw)
 
 
 def make_inputs(args):

@@ -4,9 +4,10 @@ and the multi-head wrapper.
 Why tiles: on the CPU the (..., Lq, Lk) score tensor of a whole layer is written, read back by the softmax and
 read again by the value product; at E2FGVI's 64 x 360 x 1680 or FuseFormer's 4 x 3600 x 3600 logits that is
 150-200 MB per pass, and the attention ran at half the speed of the same matmuls on cache-sized blocks.
-`attend` therefore evaluates the attention in tiles of about `layers.tiling.CPU_TILE` logits (a group of heads/windows, or a
-block of queries of one), one tile after another in a `lax.map`. Every query row sees exactly the same
-arithmetic as untiled, so results do not depend on the tiling. On GPU/TPU nothing is tiled by default.
+`attend` therefore evaluates the attention in tiles of about `layers.tiling.CPU_TILE` logits (a group of
+heads/windows, or a block of queries of one), one tile after another in a `lax.map`. Every query row gets
+the same arithmetic as untiled (up to matmul rounding). On GPU/TPU nothing is tiled by
+default.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def attend(q, k, v, *, scale: float | None = None, bias=None, topk: int | None =
     q (B, ..., Lq, D), k (B, ..., Lk, D), v (B, ..., Lk, Dv) with the same leading dims; `scale` None means q
     is already scaled; `bias` broadcastable to (B, ..., Lq, Lk) is added to the logits; `topk` keeps only
     each query's topk best keys (ties with the topk-th kept; the rest get -inf). `tile`: logits per tile,
-    default `layers.tiling.CPU_TILE` on the CPU and untiled elsewhere; 0 = untiled. The leading (batch) axis is never
-    split, so a batch-sharded input stays sharded.
+    default `layers.tiling.CPU_TILE` on the CPU and untiled elsewhere; 0 = untiled. The leading (batch)
+    axis is never split, so a batch-sharded input stays sharded.
     """
     tile = default_tile(tile)
     lead, (lq, d), (lk, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]

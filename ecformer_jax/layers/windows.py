@@ -211,10 +211,12 @@ class TemporalFocalAttention(nn.Module):
 
         def gather(rows, idx):  # (B, N, C) -> (B, heads, nh, nw, len, d), head-major
             rows = jnp.moveaxis(rows.reshape(b, rows.shape[1], self.heads, -1), 2, 1)
-            return jnp.take(rows, jnp.asarray(idx.reshape(-1)), axis=2).reshape(b, self.heads, nh, nw, -1, rows.shape[-1])
+            picked = jnp.take(rows, jnp.asarray(idx.reshape(-1)), axis=2)
+            return picked.reshape(b, self.heads, nh, nw, -1, rows.shape[-1])
 
         def key_rows(full, pool):
-            return jnp.concatenate([full.reshape(b, -1, c), pool.reshape(b, -1, c), jnp.zeros((b, 1, c), full.dtype)], 1)
+            zero = jnp.zeros((b, 1, c), full.dtype)
+            return jnp.concatenate([full.reshape(b, -1, c), pool.reshape(b, -1, c), zero], axis=1)
 
         qh = gather((q * jnp.asarray(scale, q.dtype)).reshape(b, -1, c), index[..., :n_q])
         kh_, vh = gather(key_rows(k, pk), index), gather(key_rows(v, pv), index)
