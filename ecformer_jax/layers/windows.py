@@ -84,11 +84,13 @@ def rolled_ring_indices(window, expand) -> np.ndarray:
 
 
 def rolled_tokens(x, window, expand):
-    """(B, T, H, W, C) -> (B, nh, nw, T, n_ring, C): the rolled copies' kept tokens per window, frame."""
+    """(B, T, H, W, C) -> (B, nh, nw, T, n_ring, C): the rolled copies' kept tokens per window, frame.
+    numpy in: numpy out (index building)."""
+    xp = np if isinstance(x, np.ndarray) else jnp
     eh, ew = expand
-    copies = [window_partition(jnp.roll(x, (sy * eh, sx * ew), axis=(2, 3)), window) for sy, sx in ROLL_SIGNS]
-    stacked = jnp.concatenate(copies, axis=-2)  # (B, nh, nw, T, 4 * wh * ww, C)
-    return jnp.take(stacked, jnp.asarray(rolled_ring_indices(window, expand)), axis=-2)
+    copies = [window_partition(xp.roll(x, (sy * eh, sx * ew), axis=(2, 3)), window) for sy, sx in ROLL_SIGNS]
+    stacked = xp.concatenate(copies, axis=-2)  # (B, nh, nw, T, 4 * wh * ww, C)
+    return xp.take(stacked, rolled_ring_indices(window, expand), axis=-2)
 
 
 # --- pooled keys ----------------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def focal_key_index(t: int, h: int, w: int, window, expand, kernel) -> np.ndarra
     rolled ring T * n_ring, pooled neighbourhood T * kh * kw, each t-major) as one gather.
 
     The rows index [the T*H*W tokens ; the T*nh*nw pooled tokens ; one zero row], all (t, row, col) row-major;
-    padded neighbourhood entries point at the zero row. Built by running `window_partition`, the rolls of
+    padded neighbourhood entries point at the zero row (the last). Built by running `window_partition`,
     `rolled_tokens` and `neighbourhood` on maps of positions, so the order is theirs by construction.
     """
     wh, ww = window
@@ -167,9 +169,7 @@ def focal_key_index(t: int, h: int, w: int, window, expand, kernel) -> np.ndarra
     n_tokens, n_pooled = t * h * w, t * nh * nw
     flat = lambda a: a.reshape(nh, nw, -1)
     pos = np.arange(n_tokens).reshape(1, t, h, w, 1)
-    own = window_partition(pos, window)
-    ring = np.concatenate([window_partition(np.roll(pos, (sy * expand[0], sx * expand[1]), axis=(2, 3)), window)
-                           for sy, sx in ROLL_SIGNS], axis=-2)[..., rolled_ring_indices(window, expand), :]
+    own, ring = window_partition(pos, window), rolled_tokens(pos, window, expand)
     pooled = 1 + n_tokens + np.arange(n_pooled).reshape(1, t, nh, nw, 1)  # +1: zero padding reads 0
     nbr = neighbourhood(pooled, kernel) - 1
     nbr = np.where(nbr < 0, n_tokens + n_pooled, nbr)
@@ -220,10 +220,8 @@ class TemporalFocalAttention(nn.Module):
 
         qh = gather((q * jnp.asarray(scale, q.dtype)).reshape(b, -1, c), index[..., :n_q])
         kh_, vh = gather(key_rows(k, pk), index), gather(key_rows(v, pv), index)
-        valid = neighbourhood_valid((nh, nw), kernel)
-        pooled_bias = np.tile(np.where(valid, 0.0, PAD_LOGIT).astype(np.float32), (1, 1, t))  # (nh, nw, T*kh*kw)
-        logit_bias = np.concatenate([np.zeros((nh, nw, index.shape[-1] - pooled_bias.shape[-1]), np.float32),
-                                     pooled_bias], axis=-1)
+        zero_row = t * h * w + t * nh * nw  # where padded pooled keys read (focal_key_index)
+        logit_bias = np.where(index == zero_row, PAD_LOGIT, 0.0).astype(np.float32)
         out = attend(qh, kh_, vh, bias=jnp.asarray(logit_bias)[None, None, :, :, None, :])  # (B, heads, nh, nw, Lq, d)
         out = out.transpose(0, 2, 3, 4, 1, 5).reshape(b, nh, nw, n_q, c)
         out = nn.Dense(self.dim, dtype=self.dtype, kernel_init=normal_init, name="proj")(out)
