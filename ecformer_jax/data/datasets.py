@@ -203,8 +203,6 @@ class TfdsSource(VideoSource):
     """Frames stored by the `video_inpainting` TFDS builder (one ArrayRecord record per frame)."""
 
     def __init__(self, data_dir: str | os.PathLike, width: int, height: int, split: str = "train"):
-        from ecformer_jax.data.tfds import load_frame_source
-
         self.split = split
         self._ds, meta, self.dataset_dir = load_frame_source(data_dir, width, height, split)
         super().__init__(list(meta["names"]), width, height, f"TFDS {self.dataset_dir} ({split})")
@@ -224,8 +222,6 @@ class TfdsSource(VideoSource):
 
     def _read(self, i, indices):
         if self._ds is None:
-            from ecformer_jax.data.tfds import open_data_source
-
             self._ds = open_data_source(self.dataset_dir, self.split)
         records = [self._ds[self.starts[i] + t] for t in indices]
         for t, r in zip(indices, records):
@@ -235,9 +231,63 @@ class TfdsSource(VideoSource):
         return np.stack([np.asarray(r["frame"], np.uint8) for r in records])
 
 
+# --- reading the TFDS layout (the builder that writes it is ecformer_jax.data.tfds) ----------------------------
+TFDS_DATASET_NAME = "video_inpainting"
+
+
+def import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError("the TFDS layout needs `pip install tensorflow-datasets importlib_resources` "
+                          "(TensorFlow is not needed)") from e
+    return tfds
+
+
+def find_dataset_dir(data_dir: str | os.PathLike, width: int, height: int) -> Path:
+    """The generated dataset folder under a TFDS data dir: `<data_dir>/video_inpainting/<W>x<H>/<version>`,
+    or `data_dir` itself when it holds dataset_info.json; the config matching width x height is preferred,
+    else the only one there."""
+    root = Path(data_dir)
+    if (root / "dataset_info.json").exists():
+        return root
+    found = sorted(p.parent for p in root.glob(f"{TFDS_DATASET_NAME}/*/*/dataset_info.json"))
+    if not found:
+        found = sorted(p.parent for p in root.glob("*/*/dataset_info.json"))  # data_dir/video_inpainting
+    if not found:
+        raise VideoError(f"no {TFDS_DATASET_NAME} TFDS data set under {root} (build one with "
+                         "ecformer_jax.data.tfds.build)")
+    match = [p for p in found if p.parent.name == f"{width}x{height}"]
+    if match:
+        return match[-1]  # newest version
+    configs = sorted({p.parent.name for p in found})
+    if len(configs) == 1:
+        return found[-1]
+    raise VideoError(f"TFDS data dir {root} holds configs {configs}, none for {width}x{height}")
+
+
+def open_data_source(dataset_dir: str | os.PathLike, split: str = "train"):
+    tfds = import_tfds()
+    builder = tfds.builder_from_directory(str(dataset_dir))
+    return builder.as_data_source(split=split)
+
+
+def load_frame_source(data_dir: str | os.PathLike, width: int, height: int, split: str = "train"):
+    """(random-access records, {"names", "starts", "counts"}, dataset folder) of a built data set."""
+    tfds = import_tfds()
+    ddir = find_dataset_dir(data_dir, width, height)
+    builder = tfds.builder_from_directory(str(ddir))
+    meta = dict(builder.info.metadata or {})
+    if not all(k in meta for k in ("names", "starts", "counts")):
+        raise VideoError(f"{ddir} was not written by the {TFDS_DATASET_NAME} builder (metadata lacks video names)")
+    if split not in builder.info.splits:
+        raise VideoError(f"{ddir} has no split {split!r}; it has {list(builder.info.splits)}")
+    return builder.as_data_source(split=split), meta, ddir
+
+
 # ----------------------------------------------------------------------------------------------------------
 def open_source(data_cfg) -> VideoSource:
-    """The VideoSource described by the `data` config (see ecformer_jax/training/config.py)."""
+    """The VideoSource described by the `data` config (see ecformer_jax/data/config.py)."""
     path = str(getattr(data_cfg, "path", "") or "")
     layout = str(getattr(data_cfg, "layout", "auto") or "auto")
     width, height = int(data_cfg.width), int(data_cfg.height)
@@ -318,4 +368,5 @@ def _select(items: list[Path], counts: dict[str, int] | None, base: Path, what: 
 
 
 __all__ = ["VideoSource", "FrameFolderSource", "ZipSource", "VideoFileSource", "SyntheticSource", "TfdsSource",
-           "open_source", "LAYOUTS"]
+           "open_source", "LAYOUTS", "find_dataset_dir", "open_data_source",
+           "load_frame_source", "TFDS_DATASET_NAME"]

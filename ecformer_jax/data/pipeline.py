@@ -24,17 +24,16 @@ rotations, temporal reverse; LR = PIL bicubic x4 downscale of the HR crop).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import grain
 import numpy as np
+from absl import logging
 
 from ecformer_jax.data import masks as masks_lib
 from ecformer_jax.data.datasets import VideoSource, open_source
 from ecformer_jax.data.video_io import IMAGE_EXTS, VIDEO_EXTS, VideoError
 
-log = logging.getLogger(__name__)
 
 SAMPLINGS = ("random_or_consecutive", "local_ref")
 MASK_KINDS = ("random_shape", "folder")
@@ -142,7 +141,7 @@ class ClipSampler:
                 if not self.skip_bad:
                     raise
                 alt = int(np.random.default_rng([self.seed, g, attempt + 1]).integers(len(self.source)))
-                log.warning("skipping a bad video for sample %d (skip_bad=True), taking video %r instead: %s",
+                logging.warning("skipping a bad video for sample %d (skip_bad=True), taking video %r instead: %s",
                             g, self.source.name(alt), e)
                 video = alt
         raise VideoError(f"sample {g}: {_MAX_SKIPS + 1} videos in a row failed to load (skip_bad=True); "

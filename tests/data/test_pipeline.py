@@ -6,7 +6,7 @@ import pytest
 
 from ecformer_jax.data import pipeline
 from ecformer_jax.data.datasets import open_source
-from ecformer_jax.training.config import data_config
+from ecformer_jax.data.config import data_config
 
 W, H = 96, 48
 

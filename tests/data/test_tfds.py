@@ -11,7 +11,7 @@ from ecformer_jax.data import tfds as etfds  # noqa: E402
 from ecformer_jax.data.datasets import TfdsSource, open_source  # noqa: E402
 from ecformer_jax.data.synthetic import synthetic_clip  # noqa: E402
 from ecformer_jax.data.video_io import VideoError, write_frames  # noqa: E402
-from ecformer_jax.training.config import data_config  # noqa: E402
+from ecformer_jax.data.config import data_config  # noqa: E402
 
 W, H = 96, 48
 

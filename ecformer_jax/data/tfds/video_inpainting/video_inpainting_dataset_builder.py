@@ -14,14 +14,14 @@ Needs `pip install tensorflow-datasets importlib_resources` (no TensorFlow).
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
+from ecformer_jax.data.config import data_config
+from ecformer_jax.data.datasets import open_source
 from ecformer_jax.data.video_io import VideoError
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -66,9 +66,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _open_source(self):
-        from ecformer_jax.data.datasets import open_source
-        from ecformer_jax.training.config import data_config
-
         if not self._source_args["path"]:
             raise ValueError("building the video_inpainting data set needs source=<data set root or video folder>")
         cfg = self.builder_config
@@ -84,7 +81,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             except VideoError as e:
                 if not self._skip_bad:
                     raise
-                log.warning("skipping bad video %r: %s", source.name(i), e)
+                logging.warning("skipping bad video %r: %s", source.name(i), e)
                 continue
             names.append(i)
             counts.append(n)
@@ -101,7 +98,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             except VideoError as e:
                 if not self._skip_bad:
                     raise
-                log.warning("skipping bad video %r: %s", source.name(i), e)
+                logging.warning("skipping bad video %r: %s", source.name(i), e)
                 continue
             v = len(names)
             names.append(source.name(i))
