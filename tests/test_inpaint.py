@@ -15,8 +15,9 @@ from ecformer_jax.convert.weight_rule import state_dict_from_fixture
 from ecformer_jax.data import video_io
 from ecformer_jax.data.masks import dilate
 from ecformer_jax.inference import protocol
+from ecformer_jax.inference.common import parse_size
 from ecformer_jax.inference.protocol import Blender, Geometry, Inpainter, SizeRule, plan_geometry, schedule
-from ecformer_jax.inpaint import main, parse_size
+from ecformer_jax.inpaint import main
 
 TINY_FUSEFORMER = {"num_blocks": 1, "resize_embeddings": True}
 # 7 frames with --ref-stride 3: windows [0, 6) + ref 6 and [0, 7), both 7 frames: one compile per model
@@ -71,7 +72,7 @@ def test_blender_weights_like_the_scripts():
 
 
 def test_size_rules_of_the_official_models():
-    official = {name: protocol.protocol_for(name).size_rule(models.build(name))
+    official = {name: models.get(name).size_rule(models.build(name))
                 for name in ("sttn", "fuseformer", "dstt", "e2fgvi", "e2fgvi_hq")}
     for name in ("sttn", "fuseformer", "dstt", "e2fgvi"):
         assert official[name].fixed == (240, 432), name
@@ -85,12 +86,12 @@ def test_size_rules_of_the_official_models():
     with pytest.raises(ValueError, match="fixed size 432x240"):
         plan_geometry(official["fuseformer"], (720, 1280), resize_ratio=0.5)
     # the size-free variants and unknown models (the FuseFormer protocol) keep the video's size
-    assert protocol.protocol_for("no_such_model") is protocol.DEFAULT_PROTOCOL
-    free = protocol.base_size_rule(models.build("fuseformer", resize_embeddings=True))
+    assert models.get("ecformer").protocol is models.get("fuseformer").protocol
+    free = models.fuseformer.fuseformer_size(models.build("fuseformer", resize_embeddings=True))
     assert plan_geometry(free, (30, 42)).padded == (32, 44)
-    assert protocol.dstt_size(models.build("dstt", resize_embeddings=True)).multiple == (24, 24)
+    assert models.dstt.dstt_size(models.build("dstt", resize_embeddings=True)).multiple == (24, 24)
     for name in models.names("inpainting"):
-        assert protocol.protocol_for(name).size_rule(models.build(name)).multiple[0] % 4 == 0
+        assert models.get(name).size_rule(models.build(name)).multiple[0] % 4 == 0
     assert parse_size("432x240") == (240, 432)
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         parse_size("432")
@@ -161,7 +162,7 @@ def clip_dirs(tmp_path_factory):
 
 def official_loop(model, variables, frames, masks, stride=5, ref_stride=10, multiple=(4, 4)):
     """The scripts' loop written out plainly (numpy + a plain jitted apply) for a size-free model."""
-    from ecformer_jax.models.e2fgvi import crop, pad_to_multiple
+    from ecformer_jax.layers.padding import crop, pad_to_multiple
 
     apply = jax.jit(model.apply)
     n = len(frames)
@@ -230,6 +231,27 @@ def test_cli_converted_checkpoint_frame_folder(tiny_checkpoint, clip_dirs, tmp_p
     np.testing.assert_array_equal(video_io.read_frames(out), result)  # same code, same result
 
 
+def test_cli_training_workdir(tiny_fuseformer, tiny_checkpoint, clip_dirs, tmp_path, capsys):
+    """--checkpoint takes a training workdir too (its latest step; model and options from config.json), with
+    the same result as the converted folder of the same parameters."""
+    from tests.test_convert import fake_workdir
+
+    frames_dir, masks_dir, _, _ = clip_dirs
+    _, variables = tiny_fuseformer
+    other = jax.tree.map(lambda a: a * 0.5, variables)
+    run = fake_workdir(tmp_path / "run", "fuseformer", dict(TINY_FUSEFORMER), {2: other, 4: variables})
+    outs = {}
+    for what, ckpt in (("workdir", run), ("converted", tiny_checkpoint)):
+        outs[what] = tmp_path / what
+        rc, cap = _run(capsys, "--checkpoint", ckpt, "--video", frames_dir, "--mask", masks_dir, "--output",
+                       outs[what], "--ref-stride", REF_STRIDE, "--no-side-by-side")
+        assert rc == 0, cap.err
+    np.testing.assert_array_equal(video_io.read_frames(outs["workdir"]), video_io.read_frames(outs["converted"]))
+    rc, cap = _run(capsys, "--checkpoint", run, "--model", "sttn", "--video", frames_dir, "--mask", masks_dir,
+                   "--output", tmp_path / "x")
+    assert rc == 2 and "holds a trained 'fuseformer' checkpoint, not 'sttn'" in cap.err
+
+
 def test_cli_mp4_video_single_mask_bfloat16_options(tiny_checkpoint, clip_dirs, tmp_path, capsys):
     _, _, frames, _ = clip_dirs
     video = video_io.write_video(tmp_path / "clip.mp4", frames, fps=12)
@@ -270,7 +292,7 @@ def test_cli_fixed_size_model_resizes_and_back_on_tennis(tennis_dir, tmp_path, c
     assert "processed at 24x16" in cap.err and "sttn protocol" in cap.err
     result = video_io.read_frames(out)
     assert result.shape == (n, 240, 432, 3)
-    from ecformer_jax.inpaint import read_masks
+    from ecformer_jax.inference.inpaint import read_masks
 
     used = read_masks(mask_video, n, (240, 432))
     assert abs(used.mean() - masks.mean()) < 0.01  # the mp4 round trip keeps the masks
@@ -354,7 +376,7 @@ def test_errors(tiny_checkpoint, clip_dirs, fuseformer_pth, tmp_path, capsys):
     assert f"missing keys (1): {dropped}" in error("--model", "fuseformer", ckpt=partial)
     msg = error("--model", "dstt", ckpt=pth)
     assert "checkpoint does not match model 'dstt'" in msg and "missing keys" in msg and "patch2vec.weight" in msg
-    assert "holds a converted 'fuseformer' checkpoint but --model sttn" in error("--model", "sttn")
+    assert "holds a converted 'fuseformer' checkpoint, not 'sttn'" in error("--model", "sttn")
     assert "not a converted checkpoint" in error(ckpt=tmp_path / "empty")
     assert "checkpoint not found" in error(ckpt=tmp_path / "none.pth")
     # options and outputs

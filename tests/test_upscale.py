@@ -17,8 +17,9 @@ from PIL import Image
 from ecformer_jax import convert, models
 from ecformer_jax.convert.weight_rule import state_dict_from_manifest
 from ecformer_jax.data import video_io
+from ecformer_jax.inference.common import side_by_side_path
 from ecformer_jax.inference.vsr import CropPlan, crop_plan, crop_spans, window_indices
-from ecformer_jax.upscale import main, side_by_side_path
+from ecformer_jax.upscale import main
 
 LR_SIZE = (112, 64)  # (W, H): 3 crop columns ([0, 64), [32, 96), [48, 112)) and one crop row (used twice)
 N_FRAMES = 6
@@ -183,6 +184,23 @@ def test_upscale_converted_checkpoint_mp4_bfloat16(tiny_state_dict, lr_clip, tmp
     # --overwrite replaces the frames; a second run without it is refused before any work
     rc, cap = _run(capsys, "--checkpoint", ckpt, "--video", video, "--output", out)
     assert rc == 2 and "exists; pass --overwrite" in cap.err
+
+
+def test_upscale_training_workdir(tiny_state_dict, lr_clip, tmp_path, capsys):
+    """A training workdir: its latest step, the model and its options from config.json."""
+    from tests.test_convert import fake_workdir
+
+    _, lr = lr_clip
+    variables = convert.from_torch("vsr_transformer", tiny_state_dict, **TINY_OPTIONS)
+    older = jax.tree.map(lambda a: a * 0.5, variables)
+    run = fake_workdir(tmp_path / "run", "vsr_transformer", TINY_OPTIONS, {1: older, 5: variables})
+    loaded = convert.resolve(run, expect="super_resolution")
+    assert loaded.model == models.build("vsr_transformer", **TINY_OPTIONS)
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, loaded.variables, variables)))
+    video = video_io.write_frames(tmp_path / "lr", lr[:2])
+    rc, cap = _run(capsys, "--checkpoint", run, "--video", video, "--output", tmp_path / "sr", "--no-side-by-side")
+    assert rc == 0, cap.err
+    assert "2 frames 112x64 -> 448x256" in cap.out and video_io.read_frames(tmp_path / "sr").shape == (2, 256, 448, 3)
 
 
 def test_upscale_errors(tiny_state_dict, lr_clip, tmp_path, capsys):

@@ -1,7 +1,17 @@
-"""Inference protocols: long videos on the host, one window (or batch of crops) at a time on the device.
+"""Inference: long videos on the host, one window (or batch of crops) at a time on the device.
 
-common.py    loading a checkpoint into a validated (name, module, variables); output checks and writing
-protocol.py  the official long-video inpainting protocol (windows, references, blending, compositing,
-             per-model size rules) and `Inpainter`, used by `python -m ecformer_jax.inpaint`
-vsr.py       VSR-Transformer's crop protocol and `VSRUpscaler`, used by `python -m ecformer_jax.upscale`
+protocol.py  the official long-video inpainting protocol (windows, references, blending, compositing) and
+             `Inpainter`
+vsr.py       VSR-Transformer's crop protocol and `VSRUpscaler`
+inpaint.py   `inpaint(checkpoint, video, mask, output, ...)`: files in, files out (the inpaint command)
+upscale.py   `upscale(checkpoint, video, output, ...)`: files in, files out (the upscale command)
+common.py    the size parser and the output side shared by the commands
+
+`inference.inpaint` and `inference.upscale` are the functions (the package imports them, so the names never
+mean the modules); the modules are `ecformer_jax.inference.inpaint` / `.upscale`. Checkpoints are loaded with
+`ecformer_jax.convert.resolve`.
 """
+from ecformer_jax.inference.inpaint import inpaint
+from ecformer_jax.inference.upscale import upscale
+
+__all__ = ["inpaint", "upscale"]

@@ -1,105 +1,40 @@
-"""Pieces shared by the inference commands (upscale, inpaint): loading a checkpoint into a validated
-(name, module, variables) triple, and the output side (no clobbering, side-by-side path, fps, writing).
+"""Pieces shared by the inference commands (upscale, inpaint, evaluate): the one parser of sizes a user
+types, and the output side (no clobbering, side-by-side path, fps, writing). Checkpoints are loaded with
+`ecformer_jax.convert.resolve`.
 
-    name, model, variables = load_model("E2FGVI-HQ-CVPR22.pth", "e2fgvi_hq", kind="inpainting")
-    name, model, variables = load_model("converted/", kind="inpainting")  # the folder names its model
-
-Every failure is a ValueError naming the problem (CheckpointError for checkpoint / model mismatches,
-FileExistsError for an output that exists), so the commands can print it and exit with status 2.
+Every failure is a ValueError naming the problem (FileExistsError for an output that exists), so the
+commands can print it and exit with status 2.
 """
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ecformer_jax.data import video_io
 
-KIND_WORDS = {"inpainting": "an inpainting", "super_resolution": "a super-resolution"}
 SIDE_BY_SIDE_SUFFIX = "_side_by_side"
 _FRAME_NAME = re.compile(r"^\d{5}\.png$")
+_SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
 
 
-# --- checkpoints -----------------------------------------------------------------------------------
-def require_model(name: str, kind: str):
-    """The registry entry of `name`; ValueError for an unknown model or one of another kind."""
-    from ecformer_jax import models
-
-    try:
-        entry = models.get(name)
-    except KeyError as e:
-        raise ValueError(str(e).strip("'\"")) from None
-    if entry.kind != kind:
-        raise ValueError(f"model '{name}' is not {KIND_WORDS.get(kind, kind)} model (its kind is '{entry.kind}'); "
-                         f"use one of {', '.join(models.names(kind))}")
-    return entry
+# --- sizes -----------------------------------------------------------------------------------------
+def parse_size(text: str | None, flag: str = "--resize") -> tuple[int, int] | None:
+    """'432x240' (W x H, as a user types it) -> (240, 432) as (H, W), the library's order; None stays None."""
+    if text is None or text == "":
+        return None
+    m = _SIZE.fullmatch(text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise ValueError(f"{flag} expects WIDTHxHEIGHT with positive sides, e.g. 432x240; got {text!r}")
+    return int(m.group(2)), int(m.group(1))
 
 
-def load_model(checkpoint: str | os.PathLike, model_name: str | None = None, kind: str = "inpainting",
-               default_model: str | None = None, dtype: Any = None,
-               options_from_state_dict: Callable[[Any, dict], dict] | None = None):
-    """(name, model, variables) from an official .pth or a folder written by `convert.save`.
-
-    .pth: the model is `model_name` (else `default_model`; with neither, a ValueError asks for one); the
-    file is unwrapped ('netG', 'params', 'module.' prefixes, ...) and converted with the model's strict
-    key mapping. `options_from_state_dict(entry, state_dict)` may return module options read off the
-    checkpoint (e.g. VSR-Transformer's depth). A converted folder carries its model name and options;
-    a different `model_name` is refused. Any mismatch between checkpoint and model raises
-    CheckpointError naming the keys. dtype: the compute dtype (parameters stay float32).
-    """
-    import jax.numpy as jnp
-
-    from ecformer_jax import convert, models
-    from ecformer_jax.convert.state_dict import unwrap
-
-    checkpoint = os.fspath(checkpoint)
-    dtype_kw = {} if dtype is None else {"dtype": jnp.dtype(dtype)}
-    if os.path.isdir(checkpoint):
-        if not convert.is_converted(checkpoint):
-            raise convert.CheckpointError(
-                f"{checkpoint} is a folder but not a converted checkpoint (no {convert.META}); pass the official "
-                ".pth file or a folder written by tools/convert_torch.py")
-        return build_loaded(checkpoint, *convert.load(checkpoint), model_name, kind, dtype)
-    if not os.path.exists(checkpoint):
-        raise convert.CheckpointError(f"checkpoint not found: {checkpoint}")
-    name = model_name or default_model
-    if name is None:
-        raise ValueError(f"--model is required with a .pth checkpoint ({checkpoint}); one of "
-                         f"{', '.join(models.names(kind))}")
-    entry = require_model(name, kind)
-    state_dict = unwrap(convert.load_torch_file(checkpoint), entry.wrappers)
-    overrides = dict(options_from_state_dict(entry, state_dict)) if options_from_state_dict is not None else {}
-    variables = convert.from_torch(name, state_dict, **overrides)
-    return name, models.build(name, **overrides, **dtype_kw), variables
-
-
-def build_loaded(source, name: str, overrides: dict, variables, model_name: str | None = None,
-                 kind: str = "inpainting", dtype: Any = None, what: str = "converted"):
-    """(name, model, variables) for parameters already read (a converted folder, a training checkpoint):
-    refuses a different `model_name` and checks every key and shape against the model."""
-    import jax
-    import jax.numpy as jnp
-
-    from ecformer_jax import convert, models
-
-    overrides = {k: _tuples(v) for k, v in overrides.items()}  # JSON gives lists; modules want tuples
-    if model_name is not None and model_name != name:
-        raise convert.CheckpointError(
-            f"{source} holds a {what} '{name}' checkpoint but --model {model_name} was asked for; "
-            "leave --model out to use the checkpoint's model")
-    require_model(name, kind)
-    model = models.build(name, **overrides, **({} if dtype is None else {"dtype": jnp.dtype(dtype)}))
-    expected = jax.eval_shape(lambda: models.init(model, name, jax.random.key(0)))
-    convert._check_tree(name, expected, variables, {})
-    return name, model, variables
-
-
-def _tuples(value):
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+def format_size(size: tuple[int, int]) -> str:
+    """(H, W) -> 'WxH', as a user reads it."""
+    return f"{size[1]}x{size[0]}"
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -123,7 +58,7 @@ def check_outputs(inputs: Path | dict[str, Path] | Iterable[Path], output: Path,
     if isinstance(inputs, (str, os.PathLike)):
         inputs = {"video": Path(inputs)}
     elif not isinstance(inputs, dict):
-        inputs = {"video": Path(p) for p in inputs}
+        inputs = {f"video {i}" if i else "video": Path(p) for i, p in enumerate(inputs)}
     output = Path(output)
     for what, path in inputs.items():
         if output.resolve() == Path(path).resolve():

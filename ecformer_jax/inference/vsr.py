@@ -1,4 +1,4 @@
-"""The official VSR-Transformer test protocol for whole videos of any size (spec section 7).
+"""The official VSR-Transformer test protocol for whole videos of any size.
 
 For every frame i of the clip:
 * window: the T = num_frames frames centred on i, with BasicSR's `reflection_circle` padding at the
@@ -16,8 +16,8 @@ one jitted function per batch shape (the last batch is padded). Identical crop p
 side yields the same crop twice) are computed once, which changes nothing in the result. The network
 reconstructs only the centre frame of each crop (output_frames), which is all the protocol keeps.
 
-    model, variables = ...  # e.g. load_model("net_g_latest.pth")
-    upscaler = VSRUpscaler(model, variables)
+    loaded = convert.resolve("net_g_latest.pth", model="vsr_transformer", expect="super_resolution")
+    upscaler = VSRUpscaler(loaded.model, loaded.variables)
     for i, hr in upscaler.frames(lr_u8):   # lr_u8 (N, H, W, 3) uint8 -> hr (4H, 4W, 3) uint8 per frame
         ...
 
@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
@@ -235,34 +233,3 @@ class VSRUpscaler:
         for i, frame in self.frames(video, progress):
             out[i] = frame
         return out
-
-
-# --- checkpoints -----------------------------------------------------------------------------------
-DEFAULT_MODEL = "vsr_transformer"
-
-
-def load_model(checkpoint: str | os.PathLike, model_name: str | None = None, dtype: Any = None):
-    """(name, model, variables) from an official .pth (`{'params': ...}`, 'module.' prefixes, buffers) or a
-    folder written by `convert.save` / tools/convert_torch.py.
-
-    For a .pth, model_name defaults to 'vsr_transformer' (REDS, 5 frames; 'vsr_transformer_vimeo' for the
-    7-frame Vimeo-90K weights) and the depth / residual-block counts are read off the checkpoint's keys.
-    A converted folder carries its model name and options; a different --model is refused. Any mismatch
-    between checkpoint and model raises CheckpointError naming the keys (see inference.common.load_model).
-    """
-    from ecformer_jax.inference.common import load_model as _load
-
-    return _load(checkpoint, model_name, kind="super_resolution", default_model=DEFAULT_MODEL, dtype=dtype,
-                 options_from_state_dict=_vsr_options)
-
-
-def _vsr_options(entry, state_dict) -> dict:
-    from ecformer_jax.models.vsr_transformer import VSRTransformer, options_from_state_dict
-
-    return options_from_state_dict(state_dict) if issubclass(entry.module, VSRTransformer) else {}
-
-
-def _require_super_resolution(name: str):
-    from ecformer_jax.inference.common import require_model
-
-    return require_model(name, "super_resolution")
