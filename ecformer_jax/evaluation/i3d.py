@@ -9,28 +9,22 @@ trip of the completed frames), and the feature is the Mixed_5c output averaged o
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 WEIGHTS_NAME = "i3d_rgb_imagenet.pt"
 
 
-def load_i3d_variables(path: str | os.PathLike):
+def load_i3d_variables(path: epath.PathLike):
     """Variables of model "i3d" from the PyTorch `i3d_rgb_imagenet.pt` (bare state_dict) or from a
-    folder written by `tools/convert_torch.py --model i3d`. Raises CheckpointError (a ValueError)."""
+    folder written by `python -m ecformer_jax.convert --model i3d`. Raises CheckpointError (a ValueError)."""
     from ecformer_jax import convert
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise convert.CheckpointError(f"I3D weights not found: {path} (expected {WEIGHTS_NAME} or a converted folder)")
-    if os.path.isdir(path):
-        name, _, variables = convert.load(path)
-        if name != "i3d":
-            raise convert.CheckpointError(f"{path} holds a converted '{name}' checkpoint, not 'i3d'")
-        return variables
-    return convert.from_torch("i3d", path)
+    return convert.resolve(path, model="i3d").variables
 
 
 class I3DFeatures:
@@ -48,7 +42,7 @@ class I3DFeatures:
         self._apply = jitted_apply(self.model)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "I3DFeatures":
+    def from_checkpoint(cls, path: epath.PathLike, **kwargs) -> I3DFeatures:
         return cls(load_i3d_variables(path), **kwargs)
 
     def __call__(self, frames) -> np.ndarray:

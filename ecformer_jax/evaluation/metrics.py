@@ -17,9 +17,10 @@
   `resample2d` = FlowNet2's Resample2d, bilinear with clamped indices), and
   err_t = sum(noc * (warp - frame_{t-1})^2) / sum(noc) over the three channels of images in [0, 1],
   where noc = 1 - occlusion and the occlusion is Lai's forward-backward check in frame t - 1:
-  |B(p + F(p)) + F(p)|^2 > 0.01 (|B(p + F(p))|^2 + |F(p)|^2) + 0.5, or the motion boundary |grad F|^2 > 0.01 |F|^2 + 0.002 (one-sided differences, 0 in the last
-  row / column). A video's E_warp is the mean over its T - 1 pairs; a data set's is the mean over videos.
-  Papers print E_warp* = E_warp x 100 (units of 1e-2) [recalled, see the spec].
+  |B(p + F(p)) + F(p)|^2 > 0.01 (|B(p + F(p))|^2 + |F(p)|^2) + 0.5, or the motion boundary
+  |grad F|^2 > 0.01 |F|^2 + 0.002 (one-sided differences, 0 in the last row / column). A video's E_warp
+  is the mean over its T - 1 pairs; a data set's is the mean over videos.
+  Papers print E_warp* = E_warp x 100 (units of 1e-2).
 * `SPyNetFlow`: the flow estimator for E_warp. The papers used FlowNet2 inside Lai's code; we use this
   project's SPyNet (`models.build("spynet")`, mmediting / BasicVSR weights `spynet_20210409-c6c1bd09.pth`),
   so E_warp values are comparable between methods evaluated here but NOT with the published tables.
@@ -27,7 +28,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import numpy as np
@@ -318,19 +318,12 @@ class SPyNetFlow:
         self._apply = jitted_apply(self.model)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "SPyNetFlow":
+    def from_checkpoint(cls, path, **kwargs) -> SPyNetFlow:
         """An mmediting SPyNet .pth (or any state_dict holding one under a common prefix) or a folder
-        written by tools/convert_torch.py --model spynet."""
+        written by `python -m ecformer_jax.convert --model spynet`."""
         from ecformer_jax import convert
 
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            name, _, variables = convert.load(path)
-            if name != "spynet":
-                raise convert.CheckpointError(f"{path} holds a converted '{name}' checkpoint, not 'spynet'")
-        else:
-            variables = convert.from_torch("spynet", path)
-        return cls(variables, **kwargs)
+        return cls(convert.resolve(path, model="spynet").variables, **kwargs)
 
     def __call__(self, frames):
         import jax.numpy as jnp

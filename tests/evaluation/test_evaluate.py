@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ecformer_jax import evaluate as ev
+from ecformer_jax import evaluate as command
 from ecformer_jax.data import video_io
 from ecformer_jax.evaluation import metrics
+from ecformer_jax.evaluation.run import VideoError, format_table, run
+from ecformer_jax.inference.common import parse_size
 from tests.evaluation.test_i3d import random_state_dict
 from tests.evaluation.test_metrics import _spynet_state_dict, anchor_psnr
 
@@ -71,7 +73,7 @@ def _read_csv(path):
 def test_summary_and_csvs_match_direct_computation(dataset, tmp_path):
     root, arrays = dataset
     stub = StubI3D()
-    summary = ev.evaluate(root / "results", root / "gt", tmp_path / "out", masks=root / "masks", size="96x72",
+    summary = run(root / "results", root / "gt", tmp_path / "out", masks=root / "masks", size=(72, 96),
                           i3d_extractor=stub, progress=False)
     psnrs = [anchor_psnr(a, b) for gt, res, _ in arrays.values() for a, b in zip(gt, res)]
     assert summary["frames"] == len(psnrs) == 11 and summary["videos"] == 2
@@ -101,7 +103,7 @@ def test_summary_and_csvs_match_direct_computation(dataset, tmp_path):
     saved = json.loads((out / "summary.json").read_text())  # strict JSON (no NaN / Infinity tokens)
     assert saved["psnr"] == pytest.approx(summary["psnr"]) and saved["e_warp"] is None
     assert saved["per_video"][0]["video"] == "bear" and "65x65" in saved["protocol"]["ssim"]
-    table = ev.format_table(saved)
+    table = format_table(saved)
     assert "camel" in table and "E_warp: unavailable" in table and f"VFID: {saved['vfid']:.4g}" in table
 
 
@@ -113,7 +115,7 @@ def test_cli_with_real_i3d_and_spynet_checkpoints(dataset, tmp_path, capsys):
     argv = ["--results", str(root / "results"), "--gt", str(root / "gt"), "--output", str(out), "--size", "96x72",
             "--i3d", str(tmp_path / "i3d_rgb_imagenet.pt"), "--flow-checkpoint", str(tmp_path / "spynet.pth"),
             "--quiet"]
-    assert ev.main(argv) == 0
+    assert command.main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert isinstance(summary["vfid"], float) and summary["vfid"] > 0 and "vfid_unavailable" not in summary
@@ -128,12 +130,12 @@ def test_cli_with_real_i3d_and_spynet_checkpoints(dataset, tmp_path, capsys):
     assert summary["e_warp_x100"] == pytest.approx(100 * summary["e_warp"])
     assert [v["e_warp"] for v in summary["per_video"]] == pytest.approx(per_video, rel=1e-5)
     # an existing output is not replaced without --overwrite
-    assert ev.main(argv) == 2
+    assert command.main(argv) == 2
     assert "already holds summary.json" in capsys.readouterr().err
     # flows on the results instead: a different number (no --i3d this time: VFID unavailable)
     argv = argv[:8] + argv[10:]
     assert "--i3d" not in argv and "--flow-checkpoint" in argv
-    assert ev.main(argv + ["--overwrite", "--ewarp-flow-on", "results"]) == 0
+    assert command.main(argv + ["--overwrite", "--ewarp-flow-on", "results"]) == 0
     other = json.loads((out / "summary.json").read_text())
     assert other["e_warp"] != pytest.approx(summary["e_warp"], rel=1e-6)
     assert other["psnr"] == summary["psnr"] and other["inputs"]["ewarp_flow_on"] == "results"
@@ -142,13 +144,13 @@ def test_cli_with_real_i3d_and_spynet_checkpoints(dataset, tmp_path, capsys):
 def test_vfid_unavailable_without_weights_or_with_one_video(dataset, tmp_path, capsys):
     root, _ = dataset
     argv = ["--results", str(root / "results"), "--gt", str(root / "gt"), "--size", "96x72", "--quiet"]
-    assert ev.main(argv + ["--output", str(tmp_path / "a")]) == 0
+    assert command.main(argv + ["--output", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["vfid"] is None and "no I3D weights: pass --i3d" in summary["vfid_unavailable"]
     assert "VFID: unavailable (no I3D weights" in printed and "psnr_hole" not in summary
     assert list(_read_csv(tmp_path / "a" / "per_video.csv")[0]) == ["video", "frames", "psnr", "ssim", "e_warp"]
-    one = ev.evaluate(root / "results", root / "gt", tmp_path / "b", size=(96, 72), videos=["camel"],
+    one = run(root / "results", root / "gt", tmp_path / "b", size=(72, 96), videos=["camel"],
                       i3d_extractor=StubI3D(), progress=False)
     assert one["vfid"] is None and "at least 2 videos" in one["vfid_unavailable"] and one["frames"] == 5
 
@@ -158,13 +160,13 @@ def test_single_video_folders_and_identical_frames(dataset, tmp_path):
     gt, _, _ = arrays["bear"]
     video_io.write_frames(tmp_path / "gt_frames", gt)
     video_io.write_frames(tmp_path / "same", gt)
-    summary = ev.evaluate(tmp_path / "same", tmp_path / "gt_frames", tmp_path / "out", progress=False)
+    summary = run(tmp_path / "same", tmp_path / "gt_frames", tmp_path / "out", progress=False)
     assert summary["videos"] == 1
     assert summary["psnr"] == float("inf") and summary["psnr_infinite_frames"] == 6
     assert summary["ssim"] == pytest.approx(1.0, abs=1e-12)
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["psnr"] == "inf" and saved["per_video"][0]["video"] == "same"
-    assert "inf" in ev.format_table(saved)
+    assert "inf" in format_table(saved)
 
 
 @pytest.fixture
@@ -177,72 +179,72 @@ def broken(dataset, tmp_path):
 
 
 def _run(b, *extra, results="results", gt="gt"):
-    return ev.evaluate(b / results, b / gt, b / "out", size=(96, 72), progress=False, overwrite=True, **dict(extra))
+    return run(b / results, b / gt, b / "out", size=(72, 96), progress=False, overwrite=True, **dict(extra))
 
 
 def test_frame_count_and_size_mismatches(broken, tmp_path):
     (broken / "results" / "bear" / "00005.png").unlink()
-    with pytest.raises(ev.VideoError, match=r"video 'bear': 5 result frames in .* but 6 ground-truth frames"):
+    with pytest.raises(VideoError, match=r"video 'bear': 5 result frames in .* but 6 ground-truth frames"):
         _run(broken)
-    with pytest.raises(ev.VideoError, match=r"result frames are 96x72 but the ground truth is 432x240 \(W x H\); "
+    with pytest.raises(VideoError, match=r"result frames are 96x72 but the ground truth is 432x240 \(W x H\); "
                                             r"pass --size"):
-        ev.evaluate(broken / "results", broken / "gt", broken / "out", videos=["camel"], progress=False)
-    with pytest.raises(ev.VideoError, match=r"is 80x60 after --size"):
-        ev.evaluate(broken / "results", broken / "gt", broken / "out", size=(80, 60), videos=["camel"],
+        run(broken / "results", broken / "gt", broken / "out", videos=["camel"], progress=False)
+    with pytest.raises(VideoError, match=r"is 80x60 after --size"):
+        run(broken / "results", broken / "gt", broken / "out", size=(60, 80), videos=["camel"],
                     progress=False)
     Image.new("RGB", (50, 50)).save(broken / "results" / "camel" / "00002.png")
-    with pytest.raises(ev.VideoError, match="have different sizes"):
-        ev.evaluate(broken / "results", broken / "gt", broken / "out", size=(96, 72), videos=["camel"],
+    with pytest.raises(VideoError, match="have different sizes"):
+        run(broken / "results", broken / "gt", broken / "out", size=(72, 96), videos=["camel"],
                     progress=False)
 
 
 def test_missing_and_extra_videos(broken):
     shutil.copytree(broken / "results" / "camel", broken / "results" / "zebra")
-    with pytest.raises(ev.VideoError, match=r"1 result video\(s\) have no ground truth in .*: zebra"):
+    with pytest.raises(VideoError, match=r"1 result video\(s\) have no ground truth in .*: zebra"):
         _run(broken)
     shutil.rmtree(broken / "results" / "zebra")
     shutil.rmtree(broken / "results" / "camel")
-    with pytest.raises(ev.VideoError, match=r"1 ground-truth video\(s\) have no results in .*: camel; pass "
+    with pytest.raises(VideoError, match=r"1 ground-truth video\(s\) have no results in .*: camel; pass "
                                             r"--only-results"):
         _run(broken)
     summary = _run(broken, ("only_results", True))
     assert summary["videos"] == 1 and summary["frames"] == 6
-    with pytest.raises(ev.VideoError, match=r"--videos: 1 video\(s\) not in --results .*: camel"):
+    with pytest.raises(VideoError, match=r"--videos: 1 video\(s\) not in --results .*: camel"):
         _run(broken, ("videos", ["bear", "camel"]))
 
 
 def test_empty_folders_and_layout_errors(broken, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ev.VideoError, match="no videos in --results folder"):
+    with pytest.raises(VideoError, match="no videos in --results folder"):
         _run(broken, results="empty")
     (broken / "results" / "dog").mkdir()
-    with pytest.raises(ev.VideoError, match=r"--results: video folder\(s\) without frames in .*: dog"):
+    with pytest.raises(VideoError, match=r"--results: video folder\(s\) without frames in .*: dog"):
         _run(broken)
     (broken / "results" / "dog").rmdir()
-    with pytest.raises(ev.VideoError, match="--gt folder not found"):
+    with pytest.raises(VideoError, match="--gt folder not found"):
         _run(broken, gt="nope")
-    with pytest.raises(ev.VideoError, match="is a folder of frames \\(one video\\) but --gt holds video folders"):
+    with pytest.raises(VideoError, match="is a folder of frames \\(one video\\) but --gt holds video folders"):
         _run(broken, results="results/bear")
-    with pytest.raises(ev.VideoError, match="no masks for video 'camel'"):
+    with pytest.raises(VideoError, match="no masks for video 'camel'"):
         (broken / "masks" / "camel.png").unlink()
         _run(broken, ("masks", broken / "masks"))
     (broken / "masks" / "camel").mkdir()
     for i in range(3):
         Image.new("L", (432, 240)).save(broken / "masks" / "camel" / f"{i:05d}.png")
-    with pytest.raises(ev.VideoError, match="has 3 masks but the video has 5 frames"):
+    with pytest.raises(VideoError, match="has 3 masks but the video has 5 frames"):
         _run(broken, ("masks", broken / "masks"))
-    with pytest.raises(ValueError, match="--size must be WIDTHxHEIGHT"):
-        ev.evaluate(broken / "results", broken / "gt", broken / "out", size="96by72", progress=False)
+    with pytest.raises(ValueError, match="--size expects WIDTHxHEIGHT"):
+        parse_size("96by72", "--size")
     with pytest.raises(ValueError, match="flow_on must be one of"):
         _run(broken, ("flow_on", "masks"))
 
 
 def test_cli_reports_errors_with_status_2(broken, capsys):
-    code = ev.main(["--results", str(broken / "results"), "--gt", str(broken / "gt"), "--output",
+    code = command.main(["--results", str(broken / "results"), "--gt", str(broken / "gt"), "--output",
                     str(broken / "out"), "--quiet"])
     assert code == 2
     assert "error: video 'bear': result frames are 96x72" in capsys.readouterr().err
-    code = ev.main(["--results", str(broken / "results"), "--gt", str(broken / "gt"), "--output",
+    code = command.main(["--results", str(broken / "results"), "--gt", str(broken / "gt"), "--output",
                     str(broken / "out"), "--size", "96x72", "--i3d", str(broken / "missing.pt"), "--quiet"])
     assert code == 2
     assert "I3D weights not found" in capsys.readouterr().err
@@ -277,7 +279,7 @@ def test_inpaint_then_evaluate(dataset, tiny_checkpoint, tmp_path, capsys):
     argv = ["--checkpoint", str(tiny_checkpoint), "--gt", str(root / "gt"), "--masks", str(root / "masks"),
             "--size", "96x72", "--results", str(results), "--output", str(tmp_path / "out"), "--quiet",
             "--videos", "camel"]
-    assert ev.main(argv) == 0, capsys.readouterr().err
+    assert command.main(argv) == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["inpainting"]["model"] == "fuseformer" and summary["inpainting"]["frames"] == 5
     assert summary["inpainting"]["subvideo_length"] is None and summary["inpainting"]["ref_stride"] == 10
@@ -292,13 +294,13 @@ def test_inpaint_then_evaluate(dataset, tiny_checkpoint, tmp_path, capsys):
     assert summary["psnr"] == pytest.approx(np.mean([anchor_psnr(a, b) for a, b in zip(gt, written)]), abs=1e-9)
     # results are not replaced silently; masks are required
     argv[argv.index("--output") + 1] = str(tmp_path / "out2")
-    assert ev.main(argv) == 2
+    assert command.main(argv) == 2
     assert "--results already holds frames for 1 video(s)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs --masks"):
-        ev.evaluate(results, root / "gt", tmp_path / "out3", checkpoint=tiny_checkpoint, size=(96, 72),
+        run(results, root / "gt", tmp_path / "out3", checkpoint=tiny_checkpoint, size=(72, 96),
                     progress=False)
     with pytest.raises(ValueError, match="not an inpainting model"):
         spynet = convert.save(tmp_path / "spy", "spynet", convert.from_torch("spynet", {
             k: v for k, v in _spynet_state_dict().items()}))
-        ev.evaluate(tmp_path / "r2", root / "gt", tmp_path / "out4", masks=root / "masks", checkpoint=spynet,
-                    size=(96, 72), progress=False)
+        run(tmp_path / "r2", root / "gt", tmp_path / "out4", masks=root / "masks", checkpoint=spynet,
+                    size=(72, 96), progress=False)

@@ -122,7 +122,7 @@ def torch_reference(sd):
     return net.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _converted(counters=True):
     return convert.from_torch("i3d", random_state_dict(counters=counters))
 
