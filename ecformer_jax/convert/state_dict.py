@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 
-GENERATOR_WRAPPERS = ("netG", "params_ema", "params", "state_dict", "model", "generator", "net", "G")
-DISCRIMINATOR_WRAPPERS = ("netD", "params", "state_dict", "model", "discriminator", "net", "D")
+from ecformer_jax.errors import CheckpointError
+from ecformer_jax.models.registry import GENERATOR_WRAPPERS
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model (missing/unexpected keys, wrong shapes, bad file)."""
+__all__ = ["CheckpointError", "TorchStateDict", "to_numpy", "unwrap"]
 
 
 def to_numpy(value) -> np.ndarray:
@@ -32,8 +30,10 @@ def _is_array(v) -> bool:
     return hasattr(v, "shape") and hasattr(v, "dtype")
 
 
-def unwrap(obj: Any, wrappers=GENERATOR_WRAPPERS) -> dict[str, np.ndarray]:
-    """Find the state_dict inside a loaded checkpoint and strip DataParallel 'module.' prefixes."""
+def unwrap(obj: Any, wrappers: tuple = GENERATOR_WRAPPERS) -> dict[str, np.ndarray]:
+    """Find the state_dict inside a loaded checkpoint and strip DataParallel 'module.' prefixes.
+
+    wrappers: the keys to look under, in order (a model's `models.get(name).wrappers`)."""
     seen = []
     while isinstance(obj, Mapping) and not any(_is_array(v) for v in obj.values()):
         key = next((k for k in wrappers if k in obj), None)

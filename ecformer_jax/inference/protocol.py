@@ -1,8 +1,8 @@
 """The official long-video inpainting protocol of STTN / FuseFormer / DSTT / E2FGVI, for any generator.
 
-Specs: sttn.md section 7.2, fuseformer.md section 5, dstt.md section 5, e2fgvi.md sections 6-7. All four
-test scripts share one protocol; they differ in the frame size they run at and in how E2FGVI is told
-which frames are local:
+It follows the official test scripts: test.py of researchmm/STTN, ruiliu-ai/FuseFormer, ruiliu-ai/DSTT
+and MCG-NKU/E2FGVI. All four share one protocol; they differ in the frame size they run at and in how
+E2FGVI is told which frames are local:
 
 * masks: binarised (> 0) at the processing size, then dilated `mask_dilation` = 4 times with the 3x3
   cross (cv2.dilate); input = frames / 255 * 2 - 1, holes set to 0;
@@ -19,8 +19,10 @@ which frames are local:
   (60, 108) and crops the output back. Generators without a fixed size (mixers, ECFormer, FuseFormer
   built with resize_embeddings=True) keep the native size, padded to multiples of 4.
 
-The per-model table `PROTOCOLS` holds these rules; unknown inpainting models get `DEFAULT_PROTOCOL`
-(FuseFormer's). Departures from the scripts, all for long or large videos:
+Each generator's registry entry holds its rules, declared in its model file: `models.get(name).protocol`
+(a ProtocolDefaults: script family, strides, dilation, local frames) and `models.get(name).size_rule(model)`;
+the mixer generators and ECFormer declare FuseFormer's. Departures from the scripts, all for long or large
+videos:
 
 * `subvideo_length` (default 80): reference frames are drawn from the `subvideo_length` frames around
   each window (the range [f - L/2, f + L/2) shifted to lie inside the video) instead of the whole
@@ -46,7 +48,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,11 +56,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NEIGHBOR_STRIDE = 5
-REF_STRIDE = 10
-MASK_DILATION = 4
+from ecformer_jax import models
+from ecformer_jax.layers.padding import pad_to_multiple
+from ecformer_jax.models.registry import ProtocolDefaults, SizeRule
+
+# the scripts' settings (the defaults of ProtocolDefaults; a generator's entry may declare others)
+NEIGHBOR_STRIDE = ProtocolDefaults.neighbor_stride
+REF_STRIDE = ProtocolDefaults.ref_stride
+MASK_DILATION = ProtocolDefaults.mask_dilation
 SUBVIDEO_LENGTH = 80
-OFFICIAL_SIZE = (240, 432)  # (H, W) of the official test scripts
 
 
 # --- windows -----------------------------------------------------------------------------------------
@@ -130,16 +135,7 @@ def last_window(windows: Sequence[Window], num_frames: int) -> list[int]:
     return last
 
 
-# --- sizes -------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class SizeRule:
-    """fixed: (H, W) the model runs at by default (frames resized there and back), None = the video's own
-    size; multiple: the processing size is mirror-padded up to multiples of (mh, mw), cropped back after."""
-
-    fixed: tuple[int, int] | None
-    multiple: tuple[int, int] = (4, 4)
-
-
+# --- sizes (a generator's SizeRule comes from its registry entry) ------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Geometry:
     original: tuple[int, int]  # (H, W) of the video
@@ -180,73 +176,6 @@ def plan_geometry(rule: SizeRule, original: tuple[int, int], resize: tuple[int, 
         size = tuple(rule.fixed) if rule.fixed is not None else original
     mh, mw = rule.multiple
     return Geometry(original, size, (_round_up(size[0], mh), _round_up(size[1], mw)))
-
-
-def _lcm(values):
-    out = 1
-    for v in values:
-        out = out * v // math.gcd(out, v)
-    return out
-
-
-def sttn_size(model) -> SizeRule:
-    """432x240 (test.py); other sizes pad to the multiples the attention patches need (H/4, W/4 tiled)."""
-    mh = 4 * _lcm(p[0] for p in model.patch_sizes)
-    mw = 4 * _lcm(p[1] for p in model.patch_sizes)
-    fixed = OFFICIAL_SIZE if OFFICIAL_SIZE[0] % mh == 0 and OFFICIAL_SIZE[1] % mw == 0 else (mh, mw)
-    return SizeRule(fixed, (mh, mw))
-
-
-def base_size_rule(model) -> SizeRule:
-    """Models whose weights fix the size (base_size, resize_embeddings=False) run there; others at the
-    video's own size, padded to multiples of 4 (FuseFormer, mixers, ECFormer, unknown models)."""
-    base = getattr(model, "base_size", None)
-    if base is not None and not getattr(model, "resize_embeddings", True):
-        return SizeRule(tuple(base), (4, 4))
-    return SizeRule(None, (4, 4))
-
-
-def dstt_size(model) -> SizeRule:
-    """240x432; with resize_embeddings the token grid must split into the temporal zones: pad to 12 * zones."""
-    if not model.resize_embeddings:
-        return SizeRule(tuple(model.base_size), (4, 4))
-    zh, zw = model.zones
-    return SizeRule(None, (4 * model.stride * zh, 4 * model.stride * zw))
-
-
-def e2fgvi_size(model) -> SizeRule:
-    """E2FGVI: 240x432 (its composition bias); E2FGVI-HQ (and E2FGVI with resize_embeddings): the native
-    size, mirror-padded to multiples of (60, 108) so the token grid tiles into the attention windows."""
-    from ecformer_jax.models.e2fgvi import PAD_MULTIPLE
-
-    if getattr(model, "hq", False) or model.resize_embeddings:
-        return SizeRule(None, PAD_MULTIPLE)
-    return SizeRule(tuple(model.base_size), PAD_MULTIPLE)
-
-
-# --- the per-model table ----------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ModelProtocol:
-    family: str  # whose test script this follows
-    size_rule: Callable[[Any], SizeRule]
-    local_frames: bool = False  # pass num_local_frames = number of neighbours (E2FGVI)
-    neighbor_stride: int = NEIGHBOR_STRIDE
-    ref_stride: int = REF_STRIDE
-    mask_dilation: int = MASK_DILATION
-
-
-PROTOCOLS: dict[str, ModelProtocol] = {
-    "sttn": ModelProtocol("sttn", sttn_size),
-    "fuseformer": ModelProtocol("fuseformer", base_size_rule),
-    "dstt": ModelProtocol("dstt", dstt_size),
-    "e2fgvi": ModelProtocol("e2fgvi", e2fgvi_size, local_frames=True),
-    "e2fgvi_hq": ModelProtocol("e2fgvi", e2fgvi_size, local_frames=True),
-}
-DEFAULT_PROTOCOL = ModelProtocol("fuseformer", base_size_rule)  # mixers, ECFormer, anything registered later
-
-
-def protocol_for(name: str) -> ModelProtocol:
-    return PROTOCOLS.get(name, DEFAULT_PROTOCOL)
 
 
 # --- host-side pieces ----------------------------------------------------------------------------------
@@ -313,9 +242,6 @@ def run_window(variables, frames_u8, masks_u8, *, name: str, model, multiple: tu
     None for the other models (all T rows; the host keeps the neighbours), so they compile once per
     window length. Jitted at module level with the model as a static argument: equal models share
     compiled code across Inpainter instances."""
-    from ecformer_jax import models
-    from ecformer_jax.models.e2fgvi import pad_to_multiple
-
     x = frames_u8.astype(jnp.float32) / 255.0 * 2.0 - 1.0
     m = masks_u8.astype(jnp.float32)[..., None]
     masked = x * (1.0 - m)
@@ -332,7 +258,7 @@ class Inpainter:
     """Inpaint uint8 videos of any length and size with a registered inpainting generator.
 
     name / model / variables: a registered inpainting model (e.g. from inference.common.load_model).
-    Options default to the model's protocol (PROTOCOLS); resize: (H, W) processing size;
+    Options default to the model's protocol (`models.get(name).protocol`); resize: (H, W) processing size;
     resize_ratio: scale of the processing size (models without a fixed size); max_in_flight: windows
     dispatched ahead (the next window is prepared while the device runs the current one).
     """
@@ -341,13 +267,11 @@ class Inpainter:
                  ref_stride: int | None = None, subvideo_length: int | None = SUBVIDEO_LENGTH,
                  mask_dilation: int | None = None, resize: tuple[int, int] | None = None,
                  resize_ratio: float = 1.0, max_in_flight: int = 2, track_memory: bool = False):
-        from ecformer_jax import models
-
         entry = models.get(name)
         if entry.kind != "inpainting":
             raise ValueError(f"model '{name}' is a {entry.kind} model, not an inpainting generator")
         self.name, self.model = name, model
-        self.protocol = protocol_for(name)
+        self.protocol: ProtocolDefaults = entry.protocol
         self.neighbor_stride = self.protocol.neighbor_stride if neighbor_stride is None else neighbor_stride
         self.ref_stride = self.protocol.ref_stride if ref_stride is None else ref_stride
         self.subvideo_length = subvideo_length or None
@@ -355,7 +279,7 @@ class Inpainter:
         if self.mask_dilation < 0:
             raise ValueError(f"mask_dilation must be >= 0; got {mask_dilation}")
         schedule(1, self.neighbor_stride, self.ref_stride, self.subvideo_length)  # validates the options
-        self.size_rule = self.protocol.size_rule(model)
+        self.size_rule: SizeRule = entry.size_rule(model)
         self.resize, self.resize_ratio = resize, float(resize_ratio)
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1; got {max_in_flight}")

@@ -8,12 +8,13 @@ alpha * STE + the gradient through alpha, so the float ("latent") weights keep t
 
 `BinaryConv` / `BinaryDense` have exactly the parameters of `nn.Conv` / `nn.Dense` ('kernel', 'bias',
 same shapes), so a float checkpoint initialises a binarized model and the same optimiser / trainer
-trains it. `conv2d` / `dense` pick the float or binary layer with one flag, and `Decoder` is the
+trains it. `conv2d` / `dense` pick the float or binary layer with one flag, and `BinaryDecoder` is the
 inpainting decoder of layers/conv.py with the same parameter names and binarizable inner convs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -121,7 +122,7 @@ def dense(features: int, dtype: Any = jnp.float32, name: str | None = None, bina
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)
 
 
-class Deconv(nn.Module):
+class BinaryDeconv(nn.Module):
     """Bilinear x2 (align_corners=True) then a 3x3 conv (binarized when `binarize`); as layers.conv.Deconv."""
 
     features: int
@@ -135,7 +136,7 @@ class Deconv(nn.Module):
         return conv2d(self.features, 3, dtype=self.dtype, name="conv", binarize=self.binarize)(x)
 
 
-class Decoder(nn.Module):
+class BinaryDecoder(nn.Module):
     """layers.conv.Decoder with binarizable convs (same parameter names). The last conv (to RGB) stays
     real-valued, as usual for binary networks. Returns pre-tanh values."""
 
@@ -144,7 +145,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = leaky_relu(Deconv(128, self.dtype, self.binarize, name="up0")(x))
+        x = leaky_relu(BinaryDeconv(128, self.dtype, self.binarize, name="up0")(x))
         x = leaky_relu(conv2d(64, 3, dtype=self.dtype, name="conv0", binarize=self.binarize)(x))
-        x = leaky_relu(Deconv(64, self.dtype, self.binarize, name="up1")(x))
+        x = leaky_relu(BinaryDeconv(64, self.dtype, self.binarize, name="up1")(x))
         return float_conv2d(3, 3, dtype=self.dtype, name="conv1")(x)

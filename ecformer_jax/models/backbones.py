@@ -6,7 +6,8 @@ PoolFormer-S12 (sail-sg/poolformer), Swin-T (microsoft/Swin-Transformer), Focal-
 
 Images are channels-last and already normalised (ImageNet mean / std). PoolFormer takes any size;
 Swin-T and Focal-T are built for `img_size` (224) and refuse other sizes (as the official patch
-embedding does) - build with img_size=... for another one (the windows must then fit, see the spec).
+embedding does) - build with img_size=... for another one (every stage's resolution must then be a whole
+number of windows).
 The features before the final norm are sown as 'features' (mutable=["intermediates"]).
 
 Block-level entries (kind "block") run one official module alone, on (B, H, W, C) maps:
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecformer_jax.convert.state_dict import CheckpointError
+from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.mixers import (
     FocalAttention,
     GroupNorm1,

@@ -25,7 +25,7 @@ from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
 from ecformer_jax.layers.patches import fold, grid_size
 from ecformer_jax.layers.remat import block_class
-from ecformer_jax.models.registry import register
+from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
 
 class DSTT(nn.Module):
@@ -237,5 +237,15 @@ def example_inputs(model: DSTT):
     return (jnp.zeros((1, 1, *model.base_size, 3), jnp.float32),)
 
 
-register("dstt", DSTT, from_torch, example_inputs, kind="inpainting",
+def dstt_size(model: DSTT) -> SizeRule:
+    """240x432 (the official test.py); with resize_embeddings the video's own size, padded so that the token
+    grid splits into the temporal zones (multiples of 4 * stride * zones: 24 with the official settings)."""
+    if not model.resize_embeddings:
+        return SizeRule(tuple(model.base_size), (4, 4))
+    zh, zw = model.zones
+    return SizeRule(None, (4 * model.stride * zh, 4 * model.stride * zw))
+
+
+register("dstt", DSTT, from_torch, example_inputs, kind="inpainting", size_rule=dstt_size,
+         protocol=ProtocolDefaults("dstt"), discriminator="dstt_discriminator",
          description="DSTT generator (decoupled spatial-temporal transformer), 240x432")

@@ -19,7 +19,7 @@ stride 3) -> 8 temporal focal transformer blocks -> soft composition + residual 
 `resize_embeddings=True` interpolates that bias (bilinear) so other valid sizes run. "e2fgvi_hq"
 replaces the bias by a 3x3 conv and takes any valid size: H, W multiples of 4 whose token grid
 ((H/4 - 1) // 3 + 1, (W/4 - 1) // 3 + 1) is a whole number of 5x9 windows - multiples of (60, 108)
-always are, and `pad_to_multiple` / `crop` do the official test-time mirror padding.
+always are, and `layers.padding.pad_to_multiple` / `crop` do the official test-time mirror padding.
 
 Intermediates (apply(..., mutable=["intermediates"])): encoder_out, update_spynet/basic_module.5
 (finest SPyNet residual; SPyNet runs both directions as one batch, the first B*(L-1) rows are the
@@ -36,19 +36,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecformer_jax.convert.state_dict import CheckpointError
+from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, normal_init
 from ecformer_jax.layers.deform import SecondOrderDeformableAlignment, deform_align_from_torch
+from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.flow import SPyNet, flow_warp, spynet_from_torch
-from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.layers.windows import FocalPool, TemporalFocalAttention, rolled_ring_indices
 from ecformer_jax.models.fuseformer import Encoder
-from ecformer_jax.models.registry import register
+from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
-# test.py pads frames to multiples of these (the token grid then tiles into 5x9 windows)
+# the official test.py pads frames to multiples of these (the token grid then tiles into 5x9 windows)
 PAD_MULTIPLE = (60, 108)
 
 
@@ -77,7 +78,7 @@ class E2FGVI(nn.Module):
         if height % 4 or width % 4:
             raise ValueError(
                 f"{name} needs frame sizes that are multiples of 4 (the flows at 1/4 must match the encoder's "
-                f"1/4 feature map); got {height}x{width}. Pad with e2fgvi.pad_to_multiple (multiples of "
+                f"1/4 feature map); got {height}x{width}. Pad with layers.padding.pad_to_multiple (multiples of "
                 f"{PAD_MULTIPLE[0]}x{PAD_MULTIPLE[1]}) and crop the output back."
             )
         nh, nw = grid_size(height // 4, width // 4, self.kernel, self.stride, self.padding)
@@ -85,7 +86,7 @@ class E2FGVI(nn.Module):
         if nh % wh or nw % ww:
             raise ValueError(
                 f"{name} cannot run on {height}x{width} frames: their {nh}x{nw} token grid is not a whole number of "
-                f"{wh}x{ww} attention windows. Pad the frames with e2fgvi.pad_to_multiple (to multiples of "
+                f"{wh}x{ww} attention windows. Pad the frames with layers.padding.pad_to_multiple (to multiples of "
                 f"{PAD_MULTIPLE[0]}x{PAD_MULTIPLE[1]}, as the official test.py does) and crop the output back."
             )
         if not self.hq and (height, width) != tuple(self.base_size) and not self.resize_embeddings:
@@ -282,68 +283,9 @@ class TemporalFocalBlock(nn.Module):
         pooled = FocalPool(self.window, self.dtype, name="pool")(y)
         x = x + TemporalFocalAttention(self.dim, self.heads, self.window, self.focal_window, self.dtype,
                                        name="attn")(y, pooled)
-        return x + FusionFeedForward(self.dim, self.ffn_hidden, self.kernel, self.stride, self.padding, self.dtype,
-                                     name="mlp")(ln("norm2")(x), feature_size)
+        return x + FusionFeedForward(self.dim, self.ffn_hidden, self.kernel, self.stride, self.padding, "gelu",
+                                     self.dtype, name="mlp")(ln("norm2")(x), feature_size)
 
-
-class FusionFeedForward(nn.Module):
-    """Linear up; fold the per-token features onto the feature map divided by the overlap count;
-    unfold; exact GELU; linear down. (B, T, nh, nw, C) -> same."""
-
-    dim: int
-    ffn_hidden: int
-    kernel: int
-    stride: int
-    padding: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, feature_size):
-        b, t, nh, nw, _ = x.shape
-        k, s, p = self.kernel, self.stride, self.padding
-        if self.ffn_hidden % (k * k):
-            raise ValueError(f"FusionFeedForward: ffn_hidden {self.ffn_hidden} must be a multiple of {k * k}")
-        y = nn.Dense(self.ffn_hidden, dtype=self.dtype, kernel_init=normal_init, name="fc1")(x)
-        y = fold(y.reshape(b * t, nh, nw, self.ffn_hidden), tuple(feature_size), k, s, p)
-        y = y / jnp.asarray(overlap_count(tuple(feature_size), k, s, p), y.dtype)
-        y = unfold(y, k, s, p).reshape(b, t, nh, nw, self.ffn_hidden)
-        return nn.Dense(self.dim, dtype=self.dtype, kernel_init=normal_init, name="fc2")(
-            jax.nn.gelu(y, approximate=False))
-
-
-# --- any resolution (official test.py padding) -----------------------------------------------------
-def pad_to_multiple(frames, multiple=PAD_MULTIPLE):
-    """Mirror-pad frames (..., H, W, C) at the bottom / right to multiples of `multiple` (h, w), as the
-    official test.py does: concatenate the vertically flipped clip below and crop, then the same
-    horizontally (symmetric padding, the edge row / column repeated). Returns (padded, (H, W)); pass
-    the original size to `crop`. Works on numpy and jax arrays; pads of more than the frame size keep
-    reflecting (the official code would fail there).
-    """
-    shape = getattr(frames, "shape", None)
-    if shape is None or len(shape) < 3:
-        raise ValueError(f"pad_to_multiple: frames must be (..., H, W, C); got shape {shape}")
-    mh, mw = multiple
-    if mh < 1 or mw < 1:
-        raise ValueError(f"pad_to_multiple: multiple must be positive; got {multiple}")
-    xp = np if isinstance(frames, np.ndarray) else jnp
-    height, width = shape[-3], shape[-2]
-    out = frames
-    for axis, n, m in ((-3, height, mh), (-2, width, mw)):
-        target = n + (m - n % m) % m
-        while out.shape[axis] < target:
-            out = xp.concatenate([out, xp.flip(out, axis=axis)], axis=axis)
-        index = [slice(None)] * out.ndim
-        index[axis] = slice(0, target)
-        out = out[tuple(index)]
-    return out, (height, width)
-
-
-def crop(frames, size):
-    """Undo `pad_to_multiple`: frames (..., H', W', C) -> (..., H, W, C) with size = (H, W)."""
-    h, w = size
-    if frames.shape[-3] < h or frames.shape[-2] < w:
-        raise ValueError(f"crop: frames of shape {tuple(frames.shape)} are smaller than the requested {h}x{w}")
-    return frames[..., :h, :w, :]
 
 
 # --- checkpoint mapping ---------------------------------------------------------------------------
@@ -387,19 +329,20 @@ def example_inputs(model: E2FGVI):
     return (jnp.zeros((1, 2, *model.base_size, 3), jnp.float32),)
 
 
-def generate(model: E2FGVI, variables, masked_frames, masks=None, num_local_frames=None, **kwargs):
-    """The registry's generator convention: (frames, {"flows": (forward, backward)}). The masks are not a
-    network input (holes are already 0 in masked_frames); kwargs go to apply (mutable=... adds "state")."""
-    out = model.apply(variables, masked_frames, num_local_frames=num_local_frames, **kwargs)
-    if kwargs.get("mutable"):
-        (frames, flows), state = out
-        return frames, {"flows": flows, "state": state}
-    frames, flows = out
-    return frames, {"flows": flows}
+def e2fgvi_size(model: E2FGVI) -> SizeRule:
+    """E2FGVI: 240x432 (its composition bias); E2FGVI-HQ (and E2FGVI with resize_embeddings): the native
+    size, mirror-padded to multiples of (60, 108) so the token grid tiles into the attention windows."""
+    if model.hq or model.resize_embeddings:
+        return SizeRule(None, PAD_MULTIPLE)
+    return SizeRule(tuple(model.base_size), PAD_MULTIPLE)
 
 
-register("e2fgvi", E2FGVI, from_torch, example_inputs, kind="inpainting", generate=generate, extra_losses=("flow",),
+# the official test.py tells the model how many window frames are local (num_local_frames); the masks are
+# not a network input (holes are already 0); apply returns (frames, (flows_forward, flows_backward))
+FACTS = dict(kind="inpainting", inputs=("masked_frames", "num_local_frames"), outputs=("frames", "flows"),
+             size_rule=e2fgvi_size, protocol=ProtocolDefaults("e2fgvi", local_frames=True),
+             discriminator="fuseformer_discriminator", extra_losses=("flow",))
+register("e2fgvi", E2FGVI, from_torch, example_inputs, **FACTS,
          description="E2FGVI generator (CVPR 2022), 240x432; returns (frames, (flows_forward, flows_backward))")
-register("e2fgvi_hq", E2FGVIHQ, from_torch, example_inputs, kind="inpainting", generate=generate,
-         extra_losses=("flow",),
-         description="E2FGVI-HQ generator (CVPR 2022), any size (pad with e2fgvi.pad_to_multiple)")
+register("e2fgvi_hq", E2FGVIHQ, from_torch, example_inputs, **FACTS,
+         description="E2FGVI-HQ generator (CVPR 2022), any size (pad with layers.padding.pad_to_multiple)")

@@ -25,18 +25,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecformer_jax.convert.state_dict import CheckpointError
+from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers import binary
 from ecformer_jax.layers.attention import merge_heads, split_heads, topk_attention
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import grouped_concat, leaky_relu, normal_init
+from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.positional import PositionalEncoding
 from ecformer_jax.layers.remat import block_class
-from ecformer_jax.models import discriminators
+from ecformer_jax.models import discriminators, fuseformer
 from ecformer_jax.models.discriminators import Discriminator
-from ecformer_jax.models.fuseformer import FusionFeedForward
-from ecformer_jax.models.registry import register
+from ecformer_jax.models.registry import SizeRule, register
 
 __all__ = ["ECFormer", "Encoder", "SoftSplit", "SoftComp", "AddPosEmb", "MultiHeadedAttention", "FeedForward",
            "FusionFeedForward", "ChannelAttention", "kNNAttention", "PositionalEncoding", "TransformerBlock",
@@ -81,7 +81,7 @@ class ECFormer(nn.Module):
             self.sow("intermediates", f"transformer.{i}", tokens)
         sc = SoftComp(enc.shape[-1], k, s, p, self.dtype, name="sc")(tokens.reshape(b * t, nh, nw, self.hidden),
                                                                       (h, w))
-        y = binary.Decoder(self.dtype, self.binarize, name="decoder")(enc + sc)
+        y = binary.BinaryDecoder(self.dtype, self.binarize, name="decoder")(enc + sc)
         return jnp.tanh(y).reshape(b, t, height, width, 3)
 
 
@@ -208,8 +208,8 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, frames: int):
-        y = FusionFeedForward(self.dim, self.ffn_hidden, tuple(self.feature_size), self.kernel, self.stride,
-                              self.padding, self.dtype, name="f3n")(x, frames)
+        y = FusionFeedForward(self.dim, self.ffn_hidden, self.kernel, self.stride, self.padding, dtype=self.dtype,
+                              name="f3n")(x, self.feature_size)
         return ChannelAttention(self.dim, self.se_reduction, self.dtype, name="channel_attention")(y, frames)
 
 
@@ -247,7 +247,13 @@ def example_inputs(model: ECFormer):
     return (jnp.zeros((1, 2, 48, 96, 3), jnp.float32),)
 
 
-register("ecformer", ECFormer, no_checkpoint, example_inputs, kind="inpainting",
+def ecformer_size(model: ECFormer) -> SizeRule:
+    """No parameter depends on the frame size: the video's own size, padded to multiples of 4."""
+    return SizeRule(None, (4, 4))
+
+
+register("ecformer", ECFormer, no_checkpoint, example_inputs, kind="inpainting", size_rule=ecformer_size,
+         protocol=fuseformer.PROTOCOL, discriminator="ecformer_discriminator",
          description="ECFormer (ours): FuseFormer pipeline + kNN attention, channel attention, sinusoidal "
                      "positions, optional binarization; any size (multiples of 4)")
 register("ecformer_discriminator", Discriminator, discriminators.from_torch, discriminators.example_inputs,

@@ -12,16 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ecformer_jax.layers.attention import MultiHeadAttention
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
-from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.feedforward import FusionFeedForward
+from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
-from ecformer_jax.models.registry import register
+from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
 
 class FuseFormer(nn.Module):
@@ -45,8 +45,9 @@ class FuseFormer(nn.Module):
             raise ValueError(f"FuseFormer needs frame sizes that are multiples of 4; got {height}x{width}")
         if (height, width) != tuple(self.base_size) and not self.resize_embeddings:
             bh, bw = self.base_size
+            nh, nw = grid_size(bh // 4, bw // 4, self.kernel, self.stride, self.padding)
             raise ValueError(
-                f"FuseFormer's weights are made for {bh}x{bw} frames (a {grid_size(bh // 4, bw // 4, self.kernel, self.stride, self.padding)} "
+                f"FuseFormer's weights are made for {bh}x{bw} frames (a {(nh, nw)} "
                 f"positional embedding and a {bh // 4}x{bw // 4} composition bias); got {height}x{width}. "
                 "Resize the video to that size (the inpaint command does), or build the model with "
                 "resize_embeddings=True to interpolate the embedding and bias to the new size."
@@ -119,31 +120,8 @@ class FuseBlock(nn.Module):
     def __call__(self, x, frames: int):
         ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
         x = x + MultiHeadAttention(self.hidden, self.heads, self.dtype, name="attention")(ln("norm1")(x))
-        return x + FusionFeedForward(self.hidden, self.ffn_hidden, self.feature_size, self.kernel, self.stride,
-                                     self.padding, self.dtype, name="ffn")(ln("norm2")(x), frames)
-
-
-class FusionFeedForward(nn.Module):
-    """Linear up, fold the per-token features onto the frame (overlap-averaged), unfold, ReLU, linear down."""
-
-    hidden: int
-    ffn_hidden: int
-    feature_size: tuple
-    kernel: int
-    stride: int
-    padding: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, frames: int):
-        b, n, _ = x.shape
-        k, s, p = self.kernel, self.stride, self.padding
-        nh, nw = grid_size(*self.feature_size, k, s, p)
-        y = nn.Dense(self.ffn_hidden, dtype=self.dtype, kernel_init=normal_init, name="fc1")(x)
-        y = y.reshape(b * frames, nh, nw, self.ffn_hidden)
-        y = fold(y, self.feature_size, k, s, p) / jnp.asarray(overlap_count(self.feature_size, k, s, p), y.dtype)
-        y = unfold(y, k, s, p).reshape(b, n, self.ffn_hidden)
-        return nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="fc2")(jax.nn.relu(y))
+        return x + FusionFeedForward(self.hidden, self.ffn_hidden, self.kernel, self.stride, self.padding,
+                                     dtype=self.dtype, name="ffn")(ln("norm2")(x), self.feature_size)
 
 
 # --- checkpoint mapping ---------------------------------------------------------------------------
@@ -193,7 +171,8 @@ def from_torch(sd, model: FuseFormer) -> dict:
     bh, bw = model.base_size[0] // 4, model.base_size[1] // 4
     nh, nw = grid_size(bh, bw, model.kernel, model.stride, model.padding)
     params["ss"] = sd.linear("ss.embedding")
-    params["pos_emb"] = sd.tensor("add_pos_emb.pos_emb", lambda a: a.reshape(nh, nw, -1) if a.size == nh * nw * a.shape[-1] else a)
+    params["pos_emb"] = sd.tensor("add_pos_emb.pos_emb",
+                                  lambda a: a.reshape(nh, nw, -1) if a.size == nh * nw * a.shape[-1] else a)
     params["sc"] = sd.linear("sc.embedding")
     params["sc_bias"] = sd.tensor("sc.bias", lambda a: a.transpose(1, 2, 0))
     params["decoder"] = decoder_from_torch(sd)
@@ -204,5 +183,18 @@ def example_inputs(model: FuseFormer):
     return (jnp.zeros((1, 1, *model.base_size, 3), jnp.float32),)
 
 
-register("fuseformer", FuseFormer, from_torch, example_inputs, kind="inpainting",
+# the official FuseFormer test.py; the mixer generators and ECFormer follow it too
+PROTOCOL = ProtocolDefaults("fuseformer")
+
+
+def fuseformer_size(model) -> SizeRule:
+    """Weights made for one size (base_size, resize_embeddings=False): run there (240x432); with
+    resize_embeddings=True the video's own size, padded to multiples of 4. Also the mixer generators' rule."""
+    if not model.resize_embeddings:
+        return SizeRule(tuple(model.base_size), (4, 4))
+    return SizeRule(None, (4, 4))
+
+
+register("fuseformer", FuseFormer, from_torch, example_inputs, kind="inpainting", size_rule=fuseformer_size,
+         protocol=PROTOCOL, discriminator="fuseformer_discriminator",
          description="FuseFormer generator (ICCV 2021), 240x432")

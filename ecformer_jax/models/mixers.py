@@ -26,18 +26,21 @@ interpolated to other frame sizes.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ecformer_jax.convert.state_dict import CheckpointError
+from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder
+from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.mixers import GroupNorm1, PoolMixer, TemporalFocalMixer, VideoSwinMixer
 from ecformer_jax.layers.patches import grid_size
 from ecformer_jax.layers.remat import block_class
-from ecformer_jax.models.fuseformer import Encoder, FusionFeedForward, soft_composition, soft_split
+from ecformer_jax.models import fuseformer
+from ecformer_jax.models.fuseformer import Encoder, soft_composition, soft_split
 from ecformer_jax.models.registry import register
 
 
@@ -119,8 +122,8 @@ class MixerBlock(nn.Module):
                                  if self.layer_scale else y).astype(self.dtype)
         x = x + scale(self.mixer(name="mixer")(self.norm(name="norm1")(x)), "layer_scale_1")
         y = self.norm(name="norm2")(x).reshape(b, t * nh * nw, c)
-        y = FusionFeedForward(self.hidden, self.ffn_hidden, tuple(self.feature_size), self.kernel, self.stride,
-                              self.padding, self.dtype, name="ffn")(y, t)
+        y = FusionFeedForward(self.hidden, self.ffn_hidden, self.kernel, self.stride, self.padding, dtype=self.dtype,
+                              name="ffn")(y, self.feature_size)
         return x + scale(y.reshape(x.shape), "layer_scale_2")
 
 
@@ -191,5 +194,6 @@ def example_inputs(model):
 for _name, _cls, _what in (("poolformer", PoolFormerGenerator, "spatio-temporal pooling"),
                            ("swin", SwinGenerator, "3-D shifted-window attention"),
                            ("focal", FocalGenerator, "temporal focal attention")):
-    register(_name, _cls, no_checkpoint, example_inputs, kind="inpainting",
+    register(_name, _cls, no_checkpoint, example_inputs, kind="inpainting", size_rule=fuseformer.fuseformer_size,
+             protocol=fuseformer.PROTOCOL, discriminator="fuseformer_discriminator",
              description=f"FuseFormer pipeline with {_what} as token mixer (no official weights)")

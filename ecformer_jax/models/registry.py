@@ -1,18 +1,66 @@
-"""name -> (module factory, torch converter, example inputs).
+"""name -> one entry that owns the model's facts.
 
-Every model file registers itself at import with `register(...)`; `ecformer_jax.models` imports
-them all. `build(name, **overrides)` checks the overrides against the module's fields.
+Every model file registers itself at import with `register(...)`; `ecformer_jax.models` imports them
+all. An entry holds the module and its official hyper-parameters, the torch key mapping, example
+inputs, its `Kind` and, for generators, the call convention, the size rule, the long-video protocol
+defaults, the default discriminator and the extra loss terms. Trainer, commands and tools read these
+facts here and nowhere else. `build(name, **overrides)` checks the overrides against the module's fields.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import enum
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecformer_jax.convert.state_dict import DISCRIMINATOR_WRAPPERS, GENERATOR_WRAPPERS
+# keys a checkpoint may wrap its state_dict in (convert.unwrap tries them in this order)
+GENERATOR_WRAPPERS = ("netG", "params_ema", "params", "state_dict", "model", "generator", "net", "G")
+DISCRIMINATOR_WRAPPERS = ("netD", "params", "state_dict", "model", "discriminator", "net", "D")
+
+# the generators' call convention: what `generate` passes to apply (in this order; num_local_frames by keyword)
+INPUTS = ("masked_frames", "masks", "num_local_frames")
+
+
+class Kind(str, enum.Enum):
+    INPAINTING = "inpainting"
+    SUPER_RESOLUTION = "super_resolution"
+    DISCRIMINATOR = "discriminator"
+    FLOW = "flow"
+    BACKBONE = "backbone"
+    BLOCK = "block"
+    FEATURE = "feature"
+
+    def __str__(self):
+        return self.value
+
+
+TASKS = (Kind.INPAINTING, Kind.SUPER_RESOLUTION)  # the kinds that are trained and run as a task
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeRule:
+    """fixed: (H, W) the model runs at by default (frames resized there and back), None = the video's own
+    size; multiple: the processing size is mirror-padded up to multiples of (mh, mw), cropped back after."""
+
+    fixed: tuple[int, int] | None
+    multiple: tuple[int, int] = (4, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolDefaults:
+    """The long-video inpainting protocol of a generator (inference.protocol): whose test script it follows
+    and that script's settings. local_frames: the generator is told how many window frames are local
+    (E2FGVI's num_local_frames)."""
+
+    family: str
+    local_frames: bool = False
+    neighbor_stride: int = 5
+    ref_stride: int = 10
+    mask_dilation: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,25 +70,73 @@ class ModelEntry:
     defaults: dict
     from_torch: Callable  # (TorchStateDict, module) -> variables dict
     example_inputs: Callable  # (module) -> tuple of small arrays for init / eval_shape
-    kind: str  # 'inpainting' | 'discriminator' | 'flow' | 'backbone' | 'super_resolution'
-    takes_masks: bool = False
-    wrappers: tuple = GENERATOR_WRAPPERS
+    kind: Kind
     description: str = ""
-    generate: Callable | None = None  # (module, variables, masked, masks, num_local_frames) -> (frames, extras)
+    inputs: tuple = ("masked_frames",)  # generators: the apply arguments, names from INPUTS
+    outputs: tuple = ("frames",)  # generators: apply's outputs; the ones after "frames" go to generate's extras
+    size_fn: Callable | None = None  # (module) -> SizeRule; read through size_rule()
+    protocol: ProtocolDefaults | None = None
+    discriminator: str | None = None  # the discriminator a training config uses by default
     extra_losses: tuple = ()  # loss terms the trainer adds for this model, e.g. ("flow",)
+
+    @property
+    def task(self) -> str | None:
+        """'inpainting' | 'super_resolution' for generators, None for everything else."""
+        return self.kind.value if self.kind in TASKS else None
+
+    @property
+    def wrappers(self) -> tuple:
+        return DISCRIMINATOR_WRAPPERS if self.kind == Kind.DISCRIMINATOR else GENERATOR_WRAPPERS
+
+    @property
+    def takes_masks(self) -> bool:
+        return "masks" in self.inputs
+
+    @property
+    def local_frames(self) -> bool:
+        """Whether the generator takes num_local_frames (static under jit: it shapes the network)."""
+        return "num_local_frames" in self.inputs
+
+    def size_rule(self, module: nn.Module) -> SizeRule | None:
+        """The frame sizes `module` (built from this entry) runs at; None for models without a rule."""
+        return None if self.size_fn is None else self.size_fn(module)
+
+    def call_args(self, masked_frames, masks=None, num_local_frames: int | None = None) -> tuple[tuple, dict]:
+        """(args, kwargs) of the generator's apply / init in the common convention (see `generate`)."""
+        args = (masked_frames, masks) if self.takes_masks else (masked_frames,)
+        kwargs = {"num_local_frames": num_local_frames} if self.local_frames else {}
+        return args, kwargs
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name, module, from_torch, example_inputs, kind, takes_masks=False, defaults=None, description="",
-             generate=None, extra_losses=()):
-    wrappers = DISCRIMINATOR_WRAPPERS if kind == "discriminator" else GENERATOR_WRAPPERS
-    _REGISTRY[name] = ModelEntry(name, module, dict(defaults or {}), from_torch, example_inputs, kind,
-                                 takes_masks, wrappers, description, generate, tuple(extra_losses))
+def register(name: str, module, from_torch, example_inputs, kind: Kind | str, defaults=None, description="",
+             inputs=("masked_frames",), outputs=("frames",), size_rule=None, protocol=None, discriminator=None,
+             extra_losses=()):
+    """Register a model. An unknown kind is refused; an inpainting generator must declare its size rule and
+    protocol, and a generator's protocol must agree with its inputs on num_local_frames."""
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise ValueError(f"model '{name}': unknown kind {kind!r}; kinds are {[k.value for k in Kind]}") from None
+    inputs, outputs = tuple(inputs), tuple(outputs)
+    if inputs[:1] != ("masked_frames",) or set(inputs) - set(INPUTS) or outputs[:1] != ("frames",):
+        raise ValueError(f"model '{name}': inputs {inputs} must start with masked_frames and come from {INPUTS}; "
+                         f"outputs {outputs} must start with frames")
+    if kind == Kind.INPAINTING:
+        if size_rule is None or protocol is None:
+            raise ValueError(f"inpainting model '{name}' must declare its size_rule and protocol")
+        if protocol.local_frames != ("num_local_frames" in inputs):
+            raise ValueError(f"model '{name}': protocol.local_frames={protocol.local_frames} disagrees with its "
+                             f"inputs {inputs}")
+    elif protocol is not None:
+        raise ValueError(f"model '{name}' is a {kind.value} model: only inpainting generators have a protocol")
+    _REGISTRY[name] = ModelEntry(name, module, dict(defaults or {}), from_torch, example_inputs, kind, description,
+                                 inputs, outputs, size_rule, protocol, discriminator, tuple(extra_losses))
 
 
-def names(kind: str | None = None) -> list[str]:
+def names(kind: Kind | str | None = None) -> list[str]:
     return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
 
 
@@ -79,19 +175,21 @@ def generate(name: str, model: nn.Module, variables, masked_frames, masks, num_l
     """One call convention for every inpainting generator: returns (frames, extras).
 
     masked_frames (B, T, H, W, 3) in [-1, 1] with holes at 0, masks (B, T, H, W, 1), 1 = hole.
-    extras holds model-specific outputs (E2FGVI: {"flows": (forward, backward)}). kwargs go to apply
-    (e.g. mutable=...), in which case the apply's extra return value is in extras["state"].
+    extras holds the outputs the entry declares after the frames (E2FGVI: {"flows": (forward, backward)}).
+    kwargs go to apply (e.g. mutable=...), in which case the apply's extra return value is in extras["state"].
     """
     entry = get(name)
-    if entry.kind != "inpainting":
-        raise ValueError(f"model '{name}' is a {entry.kind} model, not an inpainting generator")
-    if entry.generate is not None:
-        return entry.generate(model, variables, masked_frames, masks, num_local_frames, **kwargs)
-    args = (masked_frames, masks) if entry.takes_masks else (masked_frames,)
-    out = model.apply(variables, *args, **kwargs)
+    if entry.kind != Kind.INPAINTING:
+        raise ValueError(f"model '{name}' is a {entry.kind.value} model, not an inpainting generator")
+    args, call_kwargs = entry.call_args(masked_frames, masks, num_local_frames)
+    out = model.apply(variables, *args, **call_kwargs, **kwargs)
+    extras = {}
     if kwargs.get("mutable"):
-        return out[0], {"state": out[1]}
-    return out, {}
+        out, extras["state"] = out
+    if len(entry.outputs) == 1:
+        return out, extras
+    frames, *rest = out
+    return frames, {**dict(zip(entry.outputs[1:], rest)), **extras}
 
 
 def as_torch_layout(x: Any):  # pragma: no cover - convenience for users comparing with torch

@@ -13,6 +13,7 @@ shapes, so a float checkpoint initialises the binarized model for fine-tuning.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -23,10 +24,11 @@ from ecformer_jax.layers.attention import dot_product_attention
 from ecformer_jax.layers.checks import check_same_clip, check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, leaky_relu
 from ecformer_jax.layers.remat import block_class
-from ecformer_jax.models.registry import register
+from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
 # (height, width) of each attention scale in feature pixels; the official list is written (w, h).
 OFFICIAL_PATCH_SIZES = ((60, 108), (20, 36), (10, 18), (5, 9))
+OFFICIAL_SIZE = (240, 432)  # (H, W) the official test.py resizes frames to
 
 
 class STTN(nn.Module):
@@ -39,17 +41,18 @@ class STTN(nn.Module):
     binarize: bool = False  # binary encoder / decoder convs and attention projections (not official)
     remat: bool = False  # rematerialise each block in the backward pass (saves training memory)
 
+    def size_multiple(self) -> tuple[int, int]:
+        """(mh, mw): every attention patch size tiles the H/4 x W/4 feature map iff H, W are multiples of
+        4 x the lcm of the patch heights / widths."""
+        return 4 * math.lcm(*(p[0] for p in self.patch_sizes)), 4 * math.lcm(*(p[1] for p in self.patch_sizes))
+
     def check_size(self, height: int, width: int):
-        h, w = height // 4, width // 4
-        bad = [(ph, pw) for ph, pw in self.patch_sizes if h % ph or w % pw]
-        if height % 4 or width % 4 or bad:
-            mh = mw = 1
-            for ph, pw in self.patch_sizes:
-                mh, mw = max(mh, ph), max(mw, pw)
+        mh, mw = self.size_multiple()
+        if height % mh or width % mw:
             raise ValueError(
                 f"STTN cannot run on {height}x{width} frames: its attention patches {list(self.patch_sizes)} "
                 f"(h, w in feature pixels) must tile the {height / 4:g}x{width / 4:g} feature map; with these "
-                f"patch sizes H must be a multiple of {4 * mh} and W of {4 * mw} (e.g. 240x432, 480x864). "
+                f"patch sizes H must be a multiple of {mh} and W of {mw} (e.g. 240x432, 480x864). "
                 "Resize the video (the inpaint command does), or build the model with patch_sizes=... that "
                 "divide H/4 x W/4."
             )
@@ -70,7 +73,7 @@ class STTN(nn.Module):
             x = block_cls(self.channels, self.patch_sizes, self.dtype, self.binarize, name=f"block{i}")(x)
             self.sow("intermediates", f"transformer.{i}", x)
         if self.binarize:
-            decoder = binary.Decoder(self.dtype, binarize=True, name="decoder")
+            decoder = binary.BinaryDecoder(self.dtype, binarize=True, name="decoder")
         else:
             decoder = Decoder(self.dtype, name="decoder")
         x = decoder(x.reshape(b * t, *x.shape[2:]))
@@ -128,8 +131,8 @@ class MultiScalePatchAttention(nn.Module):
         outs = []
         for s, (ph, pw) in enumerate(self.patch_sizes):
             part = slice(s * d, (s + 1) * d)
-            tok = lambda a: patches_to_tokens(a[..., part], ph, pw)
-            o = dot_product_attention(tok(q), tok(k), tok(v), scale=(d * ph * pw) ** -0.5)
+            tokens = [patches_to_tokens(a[..., part], ph, pw) for a in (q, k, v)]
+            o = dot_product_attention(*tokens, scale=(d * ph * pw) ** -0.5)
             outs.append(tokens_to_patches(o, (b, t, h, w, d), ph, pw))
         y = jnp.concatenate(outs, axis=-1).reshape(b * t, h, w, c)
         y = leaky_relu(binary.conv2d(c, 3, dtype=self.dtype, name="out", binarize=self.binarize)(y))
@@ -169,9 +172,17 @@ def from_torch(sd, model: STTN) -> dict:
 
 
 def example_inputs(model: STTN):
-    h, w = (4 * max(p[0] for p in model.patch_sizes), 4 * max(p[1] for p in model.patch_sizes))
+    h, w = model.size_multiple()
     return jnp.zeros((1, 1, h, w, 3), jnp.float32), jnp.zeros((1, 1, h, w, 1), jnp.float32)
 
 
-register("sttn", STTN, from_torch, example_inputs, kind="inpainting", takes_masks=True,
+def sttn_size(model: STTN) -> SizeRule:
+    """432x240 (the official test.py); other patch sizes: pad to the multiples they tile (size_multiple)."""
+    mh, mw = model.size_multiple()
+    fixed = OFFICIAL_SIZE if OFFICIAL_SIZE[0] % mh == 0 and OFFICIAL_SIZE[1] % mw == 0 else (mh, mw)
+    return SizeRule(fixed, (mh, mw))
+
+
+register("sttn", STTN, from_torch, example_inputs, kind="inpainting", inputs=("masked_frames", "masks"),
+         size_rule=sttn_size, protocol=ProtocolDefaults("sttn"), discriminator="sttn_discriminator",
          description="STTN generator (ECCV 2020), 240x432")

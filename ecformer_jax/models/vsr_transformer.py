@@ -10,11 +10,11 @@ clamped (x4 super-resolution of every frame). `apply(..., output_frames=(2,))` r
 listed frames (the transformer still sees all T; the official test protocol keeps the centre frame
 only, see ecformer_jax.inference.vsr, which also tiles bigger frames into 64x64 crops).
 
-Pipeline (spec section 3): conv_first + 5 residual blocks per frame -> SPyNet flows to the previous and
-the next frame -> + positional encoding -> `depth` layers of [x + LN(x) + STCSA(LN(x))] (spatio-temporal
-convolutional self-attention, double residual) and [x + BOFF(LN(x))] (bidirectional optical-flow
-feed-forward) -> 30 residual blocks -> two conv + PixelShuffle(2) x2 upsamplers -> conv_hr -> conv_last,
-plus the bilinear x4 upsampled LR frame.
+Pipeline (the official basicsr/models/archs/vsrTransformer_arch.py): conv_first + 5 residual blocks per
+frame -> SPyNet flows to the previous and the next frame -> + positional encoding -> `depth` layers of
+[x + LN(x) + STCSA(LN(x))] (spatio-temporal convolutional self-attention, double residual) and
+[x + BOFF(LN(x))] (bidirectional optical-flow feed-forward) -> 30 residual blocks -> two conv +
+PixelShuffle(2) x2 upsamplers -> conv_hr -> conv_last, plus the bilinear x4 upsampled LR frame.
 
 Quirks reproduced on purpose:
 * the LayerNorms normalise each frame over (H, W, C) jointly, with an element-wise (64, 64, 64) affine,
@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecformer_jax.convert.state_dict import CheckpointError
+from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.attention import dot_product_attention
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import pixel_shuffle

@@ -147,7 +147,7 @@ def test_binary_dense_and_conv_forward_and_parameter_layout():
         want = float_layer.apply({"params": {"kernel": wb, "bias": params["params"]["bias"]}},
                                  jnp.where(x >= 0, 1.0, -1.0))
         chex.assert_trees_all_close(jax.jit(bin_layer.apply)(params, x), want, atol=1e-5)
-        grads = jax.jit(jax.grad(lambda p: jnp.sum(bin_layer.apply(p, x) ** 2)))(params)
+        grads = jax.jit(jax.grad(lambda p, layer=bin_layer: jnp.sum(layer.apply(p, x) ** 2)))(params)
         assert all(bool(jnp.isfinite(g).all()) and float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
 
 
@@ -158,5 +158,5 @@ def test_binary_factories_and_decoder_names():
     from ecformer_jax.layers.conv import Decoder
 
     fvars = jax.eval_shape(Decoder().init, jax.random.key(0), x)
-    bvars = jax.eval_shape(binary.Decoder(binarize=True).init, jax.random.key(0), x)
+    bvars = jax.eval_shape(binary.BinaryDecoder(binarize=True).init, jax.random.key(0), x)
     chex.assert_trees_all_equal_shapes(fvars, bvars)

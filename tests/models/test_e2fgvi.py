@@ -1,4 +1,4 @@
-"""E2FGVI / E2FGVI-HQ beyond the parity fixtures: sizes, padding helpers, input checks, bfloat16,
+"""E2FGVI / E2FGVI-HQ beyond the parity fixtures: sizes, input checks, bfloat16,
 conversion checks and the official parameter counts."""
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from ecformer_jax import convert, models
-from ecformer_jax.convert.state_dict import CheckpointError
 from ecformer_jax.convert.weight_rule import state_dict_from_fixture
-from ecformer_jax.models import e2fgvi
+from ecformer_jax.errors import CheckpointError
 from tests import parity
 
 
@@ -22,42 +20,6 @@ def test_parameter_count_matches_official(name, count):
     model = models.build(name)
     shapes = jax.eval_shape(lambda: models.init(model, name))
     assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes)) == count
-
-
-# --- padding helpers -------------------------------------------------------------------------------
-def _official_pad(frames_bthwc, h_pad, w_pad):
-    """test.py's padding, in torch on (B, T, C, H, W)."""
-    x = torch.from_numpy(np.moveaxis(frames_bthwc, -1, 2).copy())
-    h, w = x.shape[-2:]
-    x = torch.cat([x, torch.flip(x, [3])], 3)[:, :, :, : h + h_pad, :]
-    x = torch.cat([x, torch.flip(x, [4])], 4)[:, :, :, :, : w + w_pad]
-    return np.moveaxis(x.numpy(), 2, -1)
-
-
-@pytest.mark.parametrize("size", [(50, 100), (60, 108), (61, 109), (240, 432), (100, 30)])
-def test_pad_to_multiple_matches_test_py(size):
-    h, w = size
-    frames = np.random.default_rng(0).standard_normal((1, 2, h, w, 3)).astype(np.float32)
-    h_pad, w_pad = (60 - h % 60) % 60, (108 - w % 108) % 108
-    padded, orig = e2fgvi.pad_to_multiple(frames)
-    assert orig == (h, w)
-    assert padded.shape[2] % 60 == 0 and padded.shape[3] % 108 == 0
-    # symmetric padding at the bottom / right (beyond the frame size it keeps reflecting)
-    want = np.pad(frames, ((0, 0), (0, 0), (0, h_pad), (0, w_pad), (0, 0)), mode="symmetric")
-    np.testing.assert_array_equal(padded, want)
-    if h_pad <= h and w_pad <= w:  # the range where the official recipe works
-        np.testing.assert_array_equal(padded, _official_pad(frames, h_pad, w_pad))
-    np.testing.assert_array_equal(e2fgvi.crop(padded, orig), frames)
-    # jax arrays and unbatched clips too
-    padded_j, _ = e2fgvi.pad_to_multiple(jnp.asarray(frames[0]))
-    np.testing.assert_array_equal(np.asarray(padded_j), padded[0])
-
-
-def test_pad_and_crop_reject_bad_input():
-    with pytest.raises(ValueError, match="H, W, C"):
-        e2fgvi.pad_to_multiple(np.zeros((5, 5)))
-    with pytest.raises(ValueError, match="smaller than"):
-        e2fgvi.crop(np.zeros((1, 60, 108, 3)), (61, 108))
 
 
 # --- running the models --------------------------------------------------------------------------
@@ -82,7 +44,7 @@ def _clip(t, h, w, seed=0):
     return frames * (1 - masks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _apply(name, lt, dtype=jnp.float32, **overrides):
     model = models.build(name, dtype=dtype, num_blocks=BLOCKS, **overrides)
     return jax.jit(functools.partial(model.apply, num_local_frames=lt))

@@ -1,6 +1,6 @@
 """VSR-Transformer beyond parity: PixelShuffle order, positional encoding (5 and 7 frames), the attention
-with several heads against an independent PyTorch transcription of the spec, configurations, converter
-checks, output_frames, bfloat16 and input errors."""
+with several heads against an independent PyTorch transcription of the official globalAttention,
+configurations, converter checks, output_frames, bfloat16 and input errors."""
 from __future__ import annotations
 
 import chex
@@ -55,7 +55,8 @@ def test_positional_encoding_formulas():
 
 
 def _torch_global_attention(feat, p, patch, heads):
-    """Spec 3.5 transcribed with torch ops (NCHW, nn.Unfold / nn.Fold); feat (B, T, C, H, W)."""
+    """The official globalAttention (basicsr/models/archs/vsrTransformer_arch.py) written out with torch ops
+    (NCHW, nn.Unfold / nn.Fold); feat (B, T, C, H, W)."""
     b, t, c, h, w = feat.shape
     x = feat.reshape(b * t, c, h, w)
     conv = lambda name, groups: F.conv2d(x, p[name]["w"], p[name]["b"], padding=1, groups=groups)  # noqa: E731
