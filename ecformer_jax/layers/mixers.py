@@ -21,7 +21,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -332,7 +331,7 @@ class FocalAttention(nn.Module):
         return nn.Dense(c, dtype=self.dtype, kernel_init=trunc_normal, name="proj")(out)
 
 
-def pad_to_windows(x, window, axes):
+def end_pad_to_windows(x, window, axes):
     """Zero-pad `x` at the end of `axes` to multiples of `window`; returns (padded, original sizes)."""
     pads = [(0, 0)] * x.ndim
     sizes = tuple(x.shape[a] for a in axes)
@@ -379,7 +378,7 @@ class TemporalFocalMixer(nn.Module):
     @nn.compact
     def __call__(self, x):
         window = tuple(self.window)
-        xp, (h, w) = pad_to_windows(x, window, (2, 3))
+        xp, (h, w) = end_pad_to_windows(x, window, (2, 3))
         pooled = FocalPool(window, self.dtype, name="pool")(xp)
         y = TemporalFocalAttention(self.dim, self.heads, window, tuple(self.focal_window), self.dtype,
                                    name="attn")(xp, pooled)

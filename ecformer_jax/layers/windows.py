@@ -23,7 +23,6 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,7 +93,7 @@ def rolled_tokens(x, window, expand):
 
 
 # --- pooled keys ----------------------------------------------------------------------------------
-def pad_to_windows(x, window):
+def center_pad_to_windows(x, window):
     """Centre-pad (zeros) the token map (B, T, H, W, C) to whole windows, as the official pooled level
     does before pooling (a no-op when H, W are multiples of the window; the official trim branch can
     not trigger at this level, its target size ceil(H / wh) * wh is never smaller than H)."""
@@ -149,7 +148,7 @@ class FocalPool(nn.Module):
     @nn.compact
     def __call__(self, x):
         wh, ww = self.window
-        xw = window_partition(pad_to_windows(x, self.window), self.window)  # (B, nh, nw, T, n, C)
+        xw = window_partition(center_pad_to_windows(x, self.window), self.window)  # (B, nh, nw, T, n, C)
         init = nn.initializers.constant(1.0 / (wh * ww))  # the constructor's mean pooling
         pooled = nn.Dense(1, dtype=self.dtype, kernel_init=init, name="fc")(jnp.swapaxes(xw, -1, -2))
         return pooled[..., 0].transpose(0, 3, 1, 2, 4)  # (B, T, nh, nw, C)

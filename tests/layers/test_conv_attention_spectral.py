@@ -2,9 +2,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
-
 import pytest
+import torch
 
 from ecformer_jax.layers.attention import MultiHeadAttention, attend, dot_product_attention, merge_heads, split_heads
 from ecformer_jax.layers.conv import Deconv, conv2d, grouped_concat, split_group_conv
@@ -105,10 +104,10 @@ def test_tiled_attention_is_the_untiled_attention(tile, bias_rows):
     k, v = (rng.standard_normal((2, 3, 4, 30, 8)).astype(np.float32) for _ in range(2))
     bias = rng.standard_normal((3, 1, bias_rows, 30)).astype(np.float32)
     for topk in (None, 7):
-        run = lambda q_, k_, v_, t: attend(q_, k_, v_, scale=0.3, bias=bias, topk=topk, tile=t)
+        run = lambda q_, k_, v_, t, topk=topk: attend(q_, k_, v_, scale=0.3, bias=bias, topk=topk, tile=t)
         want = run(q, k, v, 0)
         chex.assert_trees_all_close(run(q, k, v, tile), want, atol=1e-6, rtol=1e-6)
-        loss = lambda t: jax.grad(lambda *a: jnp.sum(run(*a, t) ** 2), argnums=(0, 1, 2))(q, k, v)
+        loss = lambda t, run=run: jax.grad(lambda *a: jnp.sum(run(*a, t) ** 2), argnums=(0, 1, 2))(q, k, v)
         chex.assert_trees_all_close(loss(tile), loss(0), atol=1e-5, rtol=1e-5)
 
 

@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from ecformer_jax.convert.state_dict import TorchStateDict
-from ecformer_jax.layers.deform import (ModulatedDeformConv2d, SecondOrderDeformableAlignment,
-                                        deform_align_from_torch, modulated_deform_conv2d)
+from ecformer_jax.layers.deform import (
+    ModulatedDeformConv2d,
+    SecondOrderDeformableAlignment,
+    deform_align_from_torch,
+    modulated_deform_conv2d,
+)
 
 
 def _pair(v):

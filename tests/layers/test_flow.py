@@ -206,9 +206,10 @@ def _compare(npz, name, full_nchw):
 
 @pytest.mark.parametrize("fixture", ["e2fgvi", "e2fgvi_hq"])
 def test_spynet_parity_with_e2fgvi_fixture(parity_dir, fixture):
-    """E2FGVI's flow completion on the fixture's masked local frames (the model-level wrapper of spec
-    2.2: [0,1] mapping, 1/4 align_corners=True resize, both directions) reproduces the recorded flows and
-    the finest SPyNet residual (intermediate update_spynet.basic_module.5)."""
+    """E2FGVI's flow completion on the fixture's masked local frames (the official
+    InpaintGenerator.forward_bidirect_flow with its caller's [0,1] mapping, 1/4 align_corners=True resize, both
+    directions) reproduces the recorded flows and the finest SPyNet residual (intermediate
+    update_spynet.basic_module.5)."""
     npz, meta = parity.load(parity_dir, fixture)
     tsd = TorchStateDict(state_dict_from_fixture(npz))
     params = spynet_from_torch(tsd, "update_spynet")

@@ -22,7 +22,8 @@ def test_unfold_fold_match_torch(h, w, k, s, p):
     np.testing.assert_allclose(np.asarray(fold(patches, (h, w), k, s, p)), ref_fold, atol=1e-5)
 
     ones = torch.ones(1, k * k, nh * nw)
-    np.testing.assert_array_equal(overlap_count((h, w), k, s, p)[..., 0], F.fold(ones, (h, w), k, stride=s, padding=p)[0, 0].numpy())
+    np.testing.assert_array_equal(overlap_count((h, w), k, s, p)[..., 0],
+                                  F.fold(ones, (h, w), k, stride=s, padding=p)[0, 0].numpy())
 
 
 def test_fold_rejects_wrong_grid():
@@ -35,6 +36,7 @@ def test_custom_vjps_match_autodiff(h, w, k, s, p):
     """unfold / fold carry hand-written VJPs (each one's is the other); they must equal plain autodiff."""
     import jax
     import jax.numpy as jnp
+
     from ecformer_jax.layers.patches import _fold, _unfold
 
     rng = np.random.default_rng(1)

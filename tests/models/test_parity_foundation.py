@@ -10,7 +10,6 @@ import pytest
 from ecformer_jax import models
 from tests import parity
 
-
 # official module name -> our sown intermediate (where a submodule already uses the name)
 OURS = {"encoder": "encoder_out", "decoder": "decoder_out", "sc": "sc_out"}
 

@@ -10,7 +10,6 @@ import numpy as np
 from ecformer_jax import models
 from tests import parity
 
-
 # official module name -> our sown intermediate (where a submodule already has the name)
 OURS = {k: f"{k}_out" for k in ("feature_extraction", "reconstruction", "conv_last")}
 
