@@ -64,14 +64,14 @@ def check_variables(name: str, expected, variables, origin: Mapping[int, str] | 
     missing = sorted("/".join(p) for p in exp.keys() - have.keys())
     extra = sorted("/".join(p) for p in have.keys() - exp.keys())
     if missing:
-        problems.append(f"the mapping produced no value for {missing[:20]}")
+        problems.append(f"the checkpoint has no value for {missing[:20]}")
     if extra:
-        problems.append(f"the mapping produced values the model does not have: {extra[:20]}")
+        problems.append(f"the checkpoint has values the model does not have: {extra[:20]}")
     for p in sorted(exp.keys() & have.keys()):
         shape = tuple(np.shape(have[p]))
         if shape != exp[p]:
-            src = origin.get(id(have[p]), "?")
-            problems.append(f"{src} -> {'/'.join(p)}: checkpoint gives shape {shape}, model expects {exp[p]}")
+            src = f"{origin[id(have[p])]} -> " if id(have[p]) in origin else ""
+            problems.append(f"{src}{'/'.join(p)}: checkpoint gives shape {shape}, model expects {exp[p]}")
     if problems:
         raise CheckpointError(f"checkpoint does not match model '{name}': " + "; ".join(problems[:40]))
 
