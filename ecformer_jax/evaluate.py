@@ -31,9 +31,10 @@ Metrics (ecformer_jax.evaluation.metrics; the work is ecformer_jax.evaluation.ru
   in-memory composited frames (frames blended by two windows still float); this command reads saved frames
   (uint8), exactly like the anchors' VFID input and their --save_results PNGs.
 
-Inpaint first (optional): --checkpoint CKPT [--model NAME] completes every ground-truth video with its masks
-(required) through the model's official window protocol (ecformer_jax.inference.protocol, references from
-the whole video as in evaluate.py) at --size, writes the frames into --results/<video>/, then evaluates:
+Inpaint first (optional): --checkpoint CKPT [--model NAME] (a .pth, a converted folder or a training workdir)
+completes every ground-truth video with its masks (required) through the model's official window protocol
+(ecformer_jax.inference.inpaint, references from the whole video as in evaluate.py) at --size, writes the
+frames into --results/<video>/, then evaluates:
     python -m ecformer_jax.evaluate --model e2fgvi --checkpoint E2FGVI-CVPR22.pth --gt DAVIS/JPEGImages/480p \
         --masks random_mask_stationary_w432_h240 --size 432x240 --results results/e2fgvi --output eval/e2fgvi
 

@@ -240,8 +240,8 @@ def _check_output(output: Path, overwrite: bool):
 
 
 def run(results, gt, output, masks=None, i3d=None, flow_checkpoint=None, size=None, videos=None,
-             only_results=False, flow_on="gt", overwrite=False, progress=True, i3d_extractor=None,
-             flow_estimator=None, checkpoint=None, model_name=None, dtype=None, subvideo_length=0) -> dict:
+        only_results=False, flow_on="gt", overwrite=False, progress=True, i3d_extractor=None,
+        flow_estimator=None, checkpoint=None, model_name=None, dtype=None, subvideo_length=0) -> dict:
     """Evaluate the result videos of `results` against `gt`; returns the summary dict, also written with the
     per-frame and per-video tables into `output` (summary.json, per_video.csv, per_frame.csv).
 
