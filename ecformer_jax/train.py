@@ -1,39 +1,83 @@
-"""Train an inpainting model.
+"""Train a model (inpainting or super-resolution: the task follows from the model).
 
-    python -m ecformer_jax.train --config configs/sttn.py --workdir runs/sttn
-    python -m ecformer_jax.train --config configs/sttn.py:tiny --workdir /tmp/tiny --config.num_steps=20
+    python -m ecformer_jax.train --config sttn --workdir runs/sttn
+    python -m ecformer_jax.train --config sttn:tiny --workdir /tmp/tiny --config.num_steps=20
+    python -m ecformer_jax.train --config my_config.py:tiny --workdir /tmp/mine      # a config file of your own
+    ecformer-train --config vsr_transformer:tiny --workdir /tmp/vsr                  # the console script
 
-Runs on one CPU, several GPUs or a multi-host TPU pod (the same command on every host; set
---config.distributed=True or JAX_COORDINATOR_ADDRESS). Restarting with the same workdir resumes.
+--config takes a preset NAME[:VARIANT] (ecformer_jax/configs/NAME.py) or a path FILE.py[:VARIANT]; any field
+can be overridden with --config.FIELD=VALUE. Runs on one CPU, several GPUs or a multi-host TPU pod (the same
+command on every host; set --config.distributed=True or JAX_COORDINATOR_ADDRESS). Restarting with the same
+workdir resumes. Quiet by default; -v 1 also shows the INFO of jax, orbax and grain.
 """
 from __future__ import annotations
 
-import logging
+import logging as std_logging
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/<model>.py[:variant])",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and image grids go")
+from ecformer_jax import configs
+
+
+class PresetConfigParser(flags.ArgumentParser):
+    """--config NAME[:VARIANT] (a preset of ecformer_jax.configs) or FILE.py[:VARIANT], then ml_collections'
+    config-file parser (`file_parser`)."""
+
+    def __init__(self, file_parser):
+        self.file_parser = file_parser
+
+    def parse(self, argument):
+        return self.file_parser.parse(configs.resolve(argument))
+
+    def flag_type(self):
+        return self.file_parser.flag_type()
+
+
+def define_config_flag(flag_values=flags.FLAGS, **kwargs):
+    """ml_collections' --config flag (with its --config.FIELD=VALUE overrides) that also takes preset names."""
+    holder = config_flags.DEFINE_config_file(
+        "config", None, f"preset NAME[:VARIANT] ({', '.join(configs.names())}) or FILE.py[:VARIANT]",
+        flag_values=flag_values, lock_config=True, **kwargs)
+    flag = flag_values["config"]
+    flag.parser = PresetConfigParser(flag.parser)
+    return holder
+
+
+_CONFIG = define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and image grids go")
 flags.mark_flags_as_required(["config", "workdir"])
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
-def main(argv):
-    del argv
-    config = flags.FLAGS.config
+
+def quiet_logging():
+    """Below -v 1: only our own INFO lines and everyone's warnings (no jax backend probing, orbax or grain INFO;
+    no matplotlib font-cache note)."""
+    if logging.get_verbosity() >= logging.DEBUG:
+        return
+    logging.get_absl_handler().addFilter(
+        lambda r: r.levelno >= std_logging.WARNING or r.pathname.startswith(_PACKAGE))
+    std_logging.getLogger("matplotlib").setLevel(std_logging.ERROR)
+
+
+def run(argv):
+    """The command after flag parsing (absl's app.run calls it)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_logging()
+    config = _CONFIG.value
     import jax
 
     if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    from ecformer_jax import tasks
     from ecformer_jax.training.loop import NonFiniteError, train
 
     try:
-        train(config, flags.FLAGS.workdir)
+        train(config, _WORKDIR.value, tasks.for_config(config))
     except NonFiniteError as e:
         logging.error("%s", e)
         sys.exit(3)
@@ -42,5 +86,10 @@ def main(argv):
         sys.exit(2)
 
 
+def main():
+    """Console entry point (ecformer-train)."""
+    app.run(run)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    main()

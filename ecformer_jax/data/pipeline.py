@@ -34,7 +34,6 @@ from ecformer_jax.data import masks as masks_lib
 from ecformer_jax.data.datasets import VideoSource, open_source
 from ecformer_jax.data.video_io import IMAGE_EXTS, VIDEO_EXTS, VideoError
 
-
 SAMPLINGS = ("random_or_consecutive", "local_ref")
 MASK_KINDS = ("random_shape", "folder")
 TASKS = ("inpainting", "sr", "super_resolution")

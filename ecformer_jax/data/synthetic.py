@@ -65,7 +65,8 @@ def _render(p: dict, t: float, height: int, width: int) -> np.ndarray:
         radius = np.sqrt((u / np.float32(a)) ** 2 + (v / np.float32(b)) ** 2)
         alpha = np.clip((1.0 - radius) * np.float32(min(a, b)) + 0.5, 0, 1)[..., None]  # ~1 px soft edge
         stripes = (0.5 + 0.5 * np.sin(np.float32(p["obj_stripe"][j]) * u))[..., None]
-        color = stripes * p["obj_color_a"][j].astype(np.float32) + (1 - stripes) * p["obj_color_b"][j].astype(np.float32)
+        color_a, color_b = p["obj_color_a"][j].astype(np.float32), p["obj_color_b"][j].astype(np.float32)
+        color = stripes * color_a + (1 - stripes) * color_b
         patch = img[r0:r1, c0:c1]
         img[r0:r1, c0:c1] = (1 - alpha) * patch + alpha * color
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)

@@ -187,7 +187,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 24.0) 
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        with iio2.get_writer(tmp, fps=fps, macro_block_size=1, **({"quality": 8} if path.suffix == ".mp4" else {})) as w:
+        quality = {"quality": 8} if path.suffix == ".mp4" else {}
+        with iio2.get_writer(tmp, fps=fps, macro_block_size=1, **quality) as w:
             for f in frames:
                 w.append_data(f)
         os.replace(tmp, path)

@@ -8,11 +8,11 @@ grain's per-process checkpoint handler next to the state.
 from __future__ import annotations
 
 import json
-import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class _IteratorSnapshot:
@@ -32,8 +32,10 @@ class _IteratorSnapshot:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+    """`directory`/<step>/state (orbax StandardCheckpoint of the train state) and <step>/data (the iterator)."""
+
+    def __init__(self, directory: epath.PathLike, keep: int = 3, async_save: bool = True):
+        self.directory = absolute(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(
@@ -67,6 +69,13 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+    """A relative local path made absolute (orbax renames its temporary folders); other paths (gs://...)
+    unchanged."""
+    path = epath.Path(path)
+    return path if path.is_absolute() else path.resolve()
 
 
 def abstract_with_shardings(state, shardings):

@@ -1,4 +1,4 @@
-"""Loss terms of the official inpainting trainers."""
+"""Loss terms of the official trainers (inpainting: hole/valid L1, GAN, flow L1; super-resolution: pixel)."""
 from __future__ import annotations
 
 import jax
@@ -39,3 +39,20 @@ def generator_adversarial_loss(fake_logits, gan_type: str = "hinge"):
 def flow_l1(pred_flows, target_flows):
     """E2FGVI's flow completion loss: L1 of the forward plus L1 of the backward flows."""
     return sum(jnp.mean(jnp.abs(p - t)) for p, t in zip(pred_flows, target_flows))
+
+
+def pixel_loss(pred, target, kind: str = "charbonnier", eps: float = 1e-12, reduction: str = "sum"):
+    """Charbonnier sqrt((pred - target)^2 + eps) or L1 |pred - target|, summed or averaged over everything
+    (the super-resolution loss; BasicSR's CharbonnierLoss with reduction 'sum' officially)."""
+    diff = pred - target
+    if kind == "charbonnier":
+        err = jnp.sqrt(diff * diff + eps)
+    elif kind == "l1":
+        err = jnp.abs(diff)
+    else:
+        raise ValueError(f"unknown loss.kind {kind!r}: charbonnier | l1")
+    if reduction == "sum":
+        return jnp.sum(err)
+    if reduction == "mean":
+        return jnp.mean(err)
+    raise ValueError(f"unknown loss.reduction {reduction!r}: sum | mean")

@@ -2,25 +2,25 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
 class MetricWriter:
     """Process 0 writes; other processes get a writer that does nothing."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: epath.PathLike, enabled: bool = True):
         self.enabled = enabled
-        self.workdir = workdir
+        self.workdir = epath.Path(workdir)
         self._tb = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
+            self.workdir.mkdir(parents=True, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
 
     def scalars(self, step: int, values: dict):
         if not self.enabled:
@@ -35,9 +35,10 @@ class MetricWriter:
         if not self.enabled:
             return
         self._tb.add_image(name, grid, step, dataformats="HWC")
-        folder = os.path.join(self.workdir, "images")
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(grid).save(os.path.join(folder, f"{name}_{step:07d}.png"))
+        folder = self.workdir / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"{name}_{step:07d}.png").open("wb") as f:
+            Image.fromarray(grid).save(f, format="PNG")
 
     def flush(self):
         if self.enabled:

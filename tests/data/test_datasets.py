@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ecformer_jax.data import datasets
+from ecformer_jax.data.config import data_config
 from ecformer_jax.data.pipeline import ClipSampler
 from ecformer_jax.data.synthetic import synthetic_clip
 from ecformer_jax.data.video_io import VideoError, read_frames, write_frames, write_video
-from ecformer_jax.data.config import data_config
 
 W, H = 96, 48
 LENGTHS = {"bear": 7, "car": 9, "dog": 6}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from ecformer_jax.data import pipeline
-from ecformer_jax.data.datasets import open_source
 from ecformer_jax.data.config import data_config
+from ecformer_jax.data.datasets import open_source
 
 W, H = 96, 48
 

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tensorflow_datasets  # noqa: E402,F401  (in the [test] extra)
 
 from ecformer_jax.data import pipeline  # noqa: E402
 from ecformer_jax.data import tfds as etfds  # noqa: E402
+from ecformer_jax.data.config import data_config  # noqa: E402
 from ecformer_jax.data.datasets import TfdsSource, open_source  # noqa: E402
 from ecformer_jax.data.synthetic import synthetic_clip  # noqa: E402
 from ecformer_jax.data.video_io import VideoError, write_frames  # noqa: E402
-from ecformer_jax.data.config import data_config  # noqa: E402
 
 W, H = 96, 48
 

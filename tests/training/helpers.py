@@ -1,15 +1,13 @@
 """Small configs and batches for training tests (kept tiny: 2 cores)."""
 from __future__ import annotations
 
-import runpy
-
 import numpy as np
 
-from tests.conftest import ROOT
+from ecformer_jax import configs
 
 
 def config(model: str = "sttn", **overrides):
-    c = runpy.run_path(str(ROOT / "configs" / f"{model}.py"))["get_config"]("tiny")
+    c = configs.get_config(f"{model}:tiny")
     if model == "sttn":  # an even smaller STTN: fewer channels, one block, the small discriminator
         c.model.overrides.channels = 32
         c.model.overrides.num_blocks = 1

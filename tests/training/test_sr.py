@@ -1,27 +1,29 @@
-"""The super-resolution task of the trainer (training/sr.py): schedule, SPyNet freezing, learning, the
-NaN guard, the SR data pipeline, and the loop end to end (train -> export -> the upscale loader)."""
+"""The super-resolution task (tasks/super_resolution.py): schedule, SPyNet freezing, learning, the NaN
+guard, the SR data pipeline, and the loop end to end (train, then init_from the training workdir)."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import runpy
 
 import jax
 import numpy as np
 import pytest
 
-from ecformer_jax.data import pipeline, video_io
+from ecformer_jax import configs, tasks
+from ecformer_jax.data import pipeline
 from ecformer_jax.data.synthetic import synthetic_clip
+from ecformer_jax.tasks import super_resolution as sr
+from ecformer_jax.training import losses
 from ecformer_jax.training import sharding as shd
-from ecformer_jax.training import sr
-from ecformer_jax.training.loop import NonFiniteError, _check_finite, setup, train
-from ecformer_jax.upscale import upscale
-from tests.conftest import ROOT
+from ecformer_jax.training.loop import setup, train
+from ecformer_jax.training.state import NonFiniteError, check_finite
+
+TASK = tasks.get("super_resolution")
 
 
 def _config(**overrides):
-    c = runpy.run_path(str(ROOT / "configs" / "vsr_transformer.py"))["get_config"]("tiny")
+    c = configs.get_config("vsr_transformer:tiny")
     c.async_checkpoints = False
     for key, value in overrides.items():
         target = c
@@ -64,11 +66,11 @@ def test_cosine_restart_schedule_matches_the_formula():
 
 def test_pixel_losses():
     a, b = np.zeros((1, 2, 4, 4, 3), np.float32), np.full((1, 2, 4, 4, 3), 0.5, np.float32)
-    assert float(sr.pixel_loss(a, b, "charbonnier", 1e-12, "sum")) == pytest.approx(0.5 * a.size, rel=1e-5)
-    assert float(sr.pixel_loss(a, b, "l1", reduction="mean")) == pytest.approx(0.5)
-    assert float(sr.pixel_loss(a, a, "charbonnier", 1e-12, "mean")) == pytest.approx(1e-6, rel=1e-3)
+    assert float(losses.pixel_loss(a, b, "charbonnier", 1e-12, "sum")) == pytest.approx(0.5 * a.size, rel=1e-5)
+    assert float(losses.pixel_loss(a, b, "l1", reduction="mean")) == pytest.approx(0.5)
+    assert float(losses.pixel_loss(a, a, "charbonnier", 1e-12, "mean")) == pytest.approx(1e-6, rel=1e-3)
     with pytest.raises(ValueError, match="loss.kind"):
-        sr.pixel_loss(a, b, "l2")
+        losses.pixel_loss(a, b, "l2")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def trajectory():
     c = _config(batch_size=1, **{"optim.spynet_frozen_steps": 3, "optim.lr": 1e-3, "optim.periods": (1000,),
                                  "optim.restart_weights": (1.0,)})
     mesh = shd.make_mesh(1)
-    _, state, _, step = setup(c, mesh)
+    _, state, _, step = setup(c, TASK, mesh)
     batch = shd.global_batch(_fixed_batch(c), mesh)
     params = [jax.device_get(state.g_params)]
     metrics = []
@@ -119,7 +121,7 @@ def test_sr_non_finite_step_is_refused(trajectory):
     new, _ = step(poisoned, batch)  # (donates its input: `state` is not used afterwards)
     assert int(new.bad_step) == at and int(new.step) == at + 1
     with pytest.raises(NonFiniteError, match=f"step {at}"):
-        _check_finite(new)
+        check_finite(new)
 
 
 def test_sr_data_pipeline():
@@ -142,33 +144,28 @@ def test_sr_data_pipeline():
         pipeline.make_dataset(c.data, 2, task="denoise")
 
 
-def test_train_loop_export_and_upscale_loader(tmp_path):
-    from ecformer_jax.inference.vsr import VSRUpscaler, load_model
-
+def test_train_loop_and_init_from_the_workdir(tmp_path):
     c = _config(batch_size=1, num_steps=2, image_every=2, checkpoint_every=2, log_every=1)
-    state = train(c, str(tmp_path / "run"))
+    state = train(c, str(tmp_path / "run"), TASK)
     assert int(state.step) == 2
     assert os.path.exists(tmp_path / "run" / "images" / "lr_bicubic_output_target_0000002.png")
     logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in logged] == [1, 2] and all(np.isfinite(r["g_loss"]) for r in logged)
-    out = sr.export(str(tmp_path / "run"), str(tmp_path / "params"))
-    name, model, variables = load_model(out)
-    assert name == "vsr_transformer" and model.depth == 1 and model.channels == 16
-    for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(state.g_params))):
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["name"] == "vsr_transformer"
+    assert (tmp_path / "run" / "checkpoints" / "2" / "state").is_dir()
+    # a new run starts from the generator of that workdir (convert.resolve reads its latest checkpoint)
+    c2 = _config(batch_size=1, num_steps=2, init_from=str(tmp_path / "run"))
+    start = train(c2, str(tmp_path / "finetune"), TASK, stop_after=0)
+    assert int(start.step) == 0
+    for a, b in zip(jax.tree.leaves(jax.device_get(start.g_params)), jax.tree.leaves(jax.device_get(state.g_params))):
         np.testing.assert_array_equal(a, b)
-    lr = np.random.default_rng(0).integers(0, 256, (2, 64, 70, 3), np.uint8)
-    want = VSRUpscaler(model, variables, batch_size=4)(lr)
-    assert want.shape == (2, 256, 280, 3)
-    # the upscale command takes the training workdir itself (its latest checkpoint)
-    video_io.write_frames(tmp_path / "lr", lr)
-    summary = upscale(str(tmp_path / "run"), tmp_path / "lr", tmp_path / "sr", batch_size=4, side_by_side=False,
-                      progress=False)
-    assert summary["model"] == "vsr_transformer"
-    np.testing.assert_array_equal(video_io.read_frames(tmp_path / "sr"), want)
+    other = _config(batch_size=1, init_from=str(tmp_path / "run"), **{"model.overrides.channels": 8})
+    with pytest.raises(ValueError, match="do not fit the configured 'vsr_transformer'"):
+        train(other, str(tmp_path / "other"), TASK)
 
 
 def test_tiny_clip_config():
-    c = runpy.run_path(str(ROOT / "configs" / "vsr_transformer.py"))["get_config"]("tiny_clip")
+    c = configs.get_config("vsr_transformer:tiny_clip")
     assert (c.data.width, c.data.height, c.data.gt_size, c.data.rotate) == (460, 256, 256, False)
     assert c.optim.periods == (c.num_steps,) and c.optim.spynet_frozen_steps >= c.num_steps
     assert c.model.overrides.num_reconstruct_blocks == 8 and c.model.overrides.channels == 16

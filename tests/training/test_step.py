@@ -1,4 +1,5 @@
-"""The jitted train step: learning, the NaN guard, a step for every generator, sharding equivalence."""
+"""The inpainting task's jitted train step: learning, the NaN guard, a step for every generator, sharding
+equivalence."""
 from __future__ import annotations
 
 import os
@@ -9,16 +10,17 @@ import jax
 import numpy as np
 import pytest
 
-from ecformer_jax import models
+from ecformer_jax import configs, models, tasks
 from ecformer_jax.training import sharding as shd
-from ecformer_jax.training.loop import NonFiniteError, _check_finite, setup
+from ecformer_jax.training.loop import setup
+from ecformer_jax.training.state import NonFiniteError, check_finite
 from tests.conftest import ROOT
 from tests.training import helpers
 
 
 def _setup(c, mesh=None):
     mesh = mesh or shd.make_mesh(1)
-    _, state, _, step = setup(c, mesh)
+    _, state, _, step = setup(c, tasks.for_config(c), mesh)
     return state, step, mesh
 
 
@@ -49,7 +51,7 @@ def test_non_finite_step_is_refused_and_reported():
     assert int(new.bad_step) == 0
     np.testing.assert_array_equal(jax.tree.leaves(jax.device_get(new.d_params))[0], jax.tree.leaves(before)[0])
     with pytest.raises(NonFiniteError, match="non-finite loss or gradient at step 0"):
-        _check_finite(new)
+        check_finite(new)
 
 
 # e2fgvi differs from e2fgvi_hq only by its composition bias (covered by the e2fgvi tests): one of them here
@@ -58,8 +60,8 @@ GENERATORS = ["fuseformer", "dstt", "e2fgvi_hq"]
 
 
 def test_every_inpainting_generator_has_a_tiny_config():
-    missing = [n for n in models.names(kind="inpainting") if not (ROOT / "configs" / f"{n}.py").exists()]
-    assert not missing, f"inpainting models without configs/<name>.py: {missing}"
+    missing = [n for n in models.names(kind="inpainting") if n not in configs.names()]
+    assert not missing, f"inpainting models without ecformer_jax/configs/<name>.py: {missing}"
 
 
 @pytest.mark.parametrize("name", GENERATORS)

@@ -3,7 +3,6 @@
     python tests/training/worker.py CONFIG WORKDIR OUT_NPZ [PROCESS_ID NUM_PROCESSES PORT]
 """
 import os
-import runpy
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,10 +21,11 @@ def main():
     import numpy as np
     from jax.experimental import multihost_utils
 
+    from ecformer_jax import configs, tasks
     from ecformer_jax.training.loop import train
 
-    config = runpy.run_path(config_path)["get_config"]()
-    state = train(config, workdir)
+    config = configs.get_config(config_path)
+    state = train(config, workdir, tasks.for_config(config))
     # parameters are replicated: every process holds the whole value on each of its devices
     params = jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data), state.g_params)
     multihost_utils.sync_global_devices("worker-done")

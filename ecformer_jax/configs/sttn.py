@@ -1,5 +1,5 @@
-"""STTN on YouTube-VOS 2018 (researchmm/STTN configs/youtube-vos.json): `configs/sttn.py[:tiny]`."""
-from ecformer_jax.training.config import inpainting_config, variant
+"""STTN on YouTube-VOS 2018 (researchmm/STTN configs/youtube-vos.json): `--config sttn[:tiny]`."""
+from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
-"""DSTT: the FuseFormer recipe with the DSTT generator (ruiliu-ai/DSTT): `configs/dstt.py[:tiny]`."""
-from ecformer_jax.training.config import inpainting_config, variant
+"""DSTT: the FuseFormer recipe with the DSTT generator (ruiliu-ai/DSTT): `--config dstt[:tiny]`."""
+from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None):

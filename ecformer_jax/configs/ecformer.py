@@ -1,7 +1,7 @@
-"""ECFormer, our model (docs/ecformer.md), trained with the FuseFormer recipe: `configs/ecformer.py[:tiny]`.
+"""ECFormer, our model (docs/ecformer.md), trained with the FuseFormer recipe: `--config ecformer[:tiny]`.
 
 Variants: `tiny`, `binarized` (binarized encoder/decoder/attention projections), `tiny_binarized`."""
-from ecformer_jax.training.config import inpainting_config, variant
+from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None):

@@ -1,4 +1,4 @@
-"""VSR-Transformer x4 (caojiezhang/VSR-Transformer options/train, spec section 8): `configs/vsr_transformer.py[:variant]`.
+"""VSR-Transformer x4 (caojiezhang/VSR-Transformer options/train, spec section 8): `--config vsr_transformer[:variant]`.
 
 Variants:
   (none)  REDS: 5 frames, depth 5, batch 32 (4 x 8 GPUs), GT crops 256 (LR 64), Charbonnier (eps 1e-12, sum),
@@ -19,7 +19,7 @@ Variants:
           backward pass. To hold frames out: --config.data.split_json=split.json holding {"<folder name>": N}
           trains on the first N frames only. Changing num_steps, change optim.periods=(num_steps,) too.
 """
-from ecformer_jax.training.config import sr_config
+from ecformer_jax.tasks.super_resolution import sr_config
 
 
 def get_config(arg=None):

@@ -1,10 +1,6 @@
 """E2FGVI-HQ (MCG-NKU/E2FGVI configs/train_e2fgvi_hq.json): the E2FGVI recipe with the HQ generator.
-`configs/e2fgvi_hq.py[:tiny]`."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import e2fgvi  # noqa: E402  (configs/e2fgvi.py)
+`--config e2fgvi_hq[:tiny]`."""
+from ecformer_jax.configs import e2fgvi
 
 
 def get_config(arg=None):

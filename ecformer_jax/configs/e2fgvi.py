@@ -1,7 +1,6 @@
 """E2FGVI (MCG-NKU/E2FGVI configs/train_e2fgvi.json): 5 local + 3 reference frames, flow loss.
-`configs/e2fgvi.py[:tiny]`. Set --config.loss.spynet_checkpoint to the pretrained SPyNet for real runs."""
-from ecformer_jax.training.config import inpainting_config, variant
-
+`--config e2fgvi[:tiny]`. Set --config.loss.spynet_checkpoint to the pretrained SPyNet for real runs."""
+from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None, model="e2fgvi"):

@@ -1,5 +1,5 @@
-"""FuseFormer on YouTube-VOS 2019 (ruiliu-ai/FuseFormer configs/youtube-vos.json): `configs/fuseformer.py[:tiny]`."""
-from ecformer_jax.training.config import inpainting_config, variant
+"""FuseFormer on YouTube-VOS 2019 (ruiliu-ai/FuseFormer configs/youtube-vos.json): `--config fuseformer[:tiny]`."""
+from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Shared recipe of the token-mixer generators: the FuseFormer recipe with another token mixer.
-Used by configs/poolformer.py, swin.py, focal.py (not a config on its own)."""
-from ecformer_jax.training.config import inpainting_config, variant
+Used by the poolformer, swin and focal presets (not a preset on its own)."""
+from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def recipe(model: str, arg=None):

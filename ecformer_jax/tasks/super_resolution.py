@@ -1,11 +1,9 @@
-"""The super-resolution task of the trainer (models of registry kind 'super_resolution', VSR-Transformer).
+"""Video super-resolution: models of registry task 'super_resolution' (VSR-Transformer), x4, a pixel loss.
 
-    python -m ecformer_jax.train --config configs/vsr_transformer.py:tiny --workdir /tmp/vsr
-    python -m ecformer_jax.training.sr export --workdir /tmp/vsr --output /tmp/vsr_params
-    python -m ecformer_jax.upscale --checkpoint /tmp/vsr_params --video lr/ --output sr/
+    python -m ecformer_jax.train --config vsr_transformer:tiny --workdir /tmp/vsr
+    python -m ecformer_jax.upscale --checkpoint /tmp/vsr --video lr/ --output sr/
 
-`training/loop.py` calls `setup` here for such models; everything else (data, checkpoints, metrics,
-sharding, the NaN guard) is the loop's. Pieces (spec section 8, BasicSR EDVRModel + the official ymls):
+Pieces (BasicSR EDVRModel + the official VSR-Transformer options):
 
 * the loss: Charbonnier sqrt((x - y)^2 + eps) (official, eps 1e-12, reduction 'sum' over every pixel of
   every frame of the batch) or L1; `loss.reduction` 'mean' is offered for readable numbers (Adam is
@@ -16,28 +14,70 @@ sharding, the NaN guard) is the loop's. Pieces (spec section 8, BasicSR EDVRMode
   requires_grad=False), then the schedule times `optim.spynet_lr_mult`, with a fresh Adam (bias
   correction counted from the unfreezing). Official values: 0 and 1 (the options leave it out). Frozen for
   the whole run (spynet_frozen_steps >= num_steps), its gradient is not even computed;
-* the state `SRState` (step, g_params, g_opt, rng, bad_step), created already sharded like TrainState.
+* the state `SRState` (step, g_params, g_opt, rng, bad_step).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from typing import Any, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from ecformer_jax import models
-from ecformer_jax.training import sharding as shd
+from ecformer_jax.data import pipeline
+from ecformer_jax.data.config import data_config
+from ecformer_jax.inference.vsr import VSRUpscaler
+from ecformer_jax.tasks.base import Task
+from ecformer_jax.training.config import base_config
+from ecformer_jax.training.losses import pixel_loss
+from ecformer_jax.training.metrics import image_grid
+from ecformer_jax.training.state import all_finite, guarded_update
 
 SPYNET = "spynet"  # top-level parameter collection of the flow network
 
 
+# --- config ------------------------------------------------------------------------------------------------
+def sr_config(model: str, **overrides) -> ml_collections.ConfigDict:
+    """The schema of the super-resolution task: no discriminator, a pixel loss (Charbonnier or L1), Adam with
+    the cosine-annealing-with-restarts schedule (BasicSR CosineAnnealingRestartLR) and a separate parameter
+    group for SPyNet (frozen for optim.spynet_frozen_steps steps, then lr * optim.spynet_lr_mult). Defaults:
+    the official VSR-Transformer REDS recipe."""
+    c = base_config(model, batch_size=32, num_steps=1_200_000, seed=10, image_every=5_000, checkpoint_every=5_000)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "charbonnier"  # charbonnier: sqrt((x - y)^2 + eps) | l1
+    c.loss.eps = 1e-12
+    c.loss.reduction = "sum"  # sum (official: over all pixels and frames of the batch) | mean
+    c.loss.weight = 1.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # PyTorch Adam's L2 term (added to the gradient)
+    c.optim.grad_clip = 0.0  # global-norm clipping, 0 = off
+    c.optim.periods = (300_000, 300_000, 300_000, 300_000)  # CosineAnnealingRestartLR
+    c.optim.restart_weights = (1.0, 0.5, 0.5, 0.5)
+    c.optim.eta_min = 1e-7
+    c.optim.spynet_frozen_steps = 0  # official: the fixed-iterations option is commented out (0)
+    c.optim.spynet_lr_mult = 1.0  # official: one lr for every parameter
+
+    c.data = data_config(num_frames=5, width=1280, height=720, layout="frames", flip=True)
+    c.data.interval = 1  # frame interval of a sample (interval_list [1])
+    c.data.gt_size = 256  # HR crop side (the LR crop is gt_size // scale = 64, the model's input size)
+    c.data.scale = 4
+    c.data.random_reverse = True  # temporal reverse, p 0.5
+    c.data.rotate = True  # vertical flip and transpose (BasicSR use_rot), each p 0.5
+    c.update(overrides)
+    return c
+
+
+# --- state and schedule ------------------------------------------------------------------------------------
 class SRState(flax.struct.PyTreeNode):
     step: jax.Array
     g_params: Any
@@ -46,7 +86,6 @@ class SRState(flax.struct.PyTreeNode):
     bad_step: jax.Array  # -1, or the first step whose loss/gradients were not finite (then updates stop)
 
 
-# --- schedule ------------------------------------------------------------------------------------------
 def cosine_restart_lr(iteration, base_lr: float, periods, restart_weights, eta_min: float):
     """BasicSR CosineAnnealingRestartLR at scheduler position `iteration` (jnp scalar or int):
     in period i (iteration in (cum[i-1], cum[i]], cum = cumulative periods, cum[-1] = 0),
@@ -79,7 +118,6 @@ def spynet_learning_rate(config):
     return lambda step: jnp.where(jnp.asarray(step) < o.spynet_frozen_steps, 0.0, base(step) * o.spynet_lr_mult)
 
 
-# --- optimizer -----------------------------------------------------------------------------------------
 class FrozenState(NamedTuple):
     count: jax.Array
     inner: Any
@@ -120,47 +158,47 @@ def optimizer(config) -> optax.GradientTransformation:
     return optax.chain(*parts, optax.multi_transform({"main": main, SPYNET: spynet}, param_labels))
 
 
-# --- losses --------------------------------------------------------------------------------------------
-def pixel_loss(pred, target, kind: str = "charbonnier", eps: float = 1e-12, reduction: str = "sum"):
-    """Charbonnier sqrt((pred - target)^2 + eps) or L1 |pred - target|, summed or averaged over everything."""
-    diff = pred - target
-    if kind == "charbonnier":
-        err = jnp.sqrt(diff * diff + eps)
-    elif kind == "l1":
-        err = jnp.abs(diff)
-    else:
-        raise ValueError(f"unknown loss.kind {kind!r}: charbonnier | l1")
-    if reduction == "sum":
-        return jnp.sum(err)
-    if reduction == "mean":
-        return jnp.mean(err)
-    raise ValueError(f"unknown loss.reduction {reduction!r}: sum | mean")
-
-
 def batch_psnr(pred, target):
     """Mean over frames of the PSNR (dB) of pred clamped to [0, 1] against target (both in [0, 1])."""
     mse = jnp.mean((jnp.clip(pred, 0, 1) - target) ** 2, axis=(-3, -2, -1))
     return jnp.mean(-10.0 * jnp.log10(jnp.maximum(mse, 1e-10)))
 
 
-# --- state and step ------------------------------------------------------------------------------------
-def build_model(config):
+# --- batch, data, model ------------------------------------------------------------------------------------
+def batch_spec(config, batch: int = 1) -> dict:
+    """uint8 LR clips (B, T, h, w, 3) and their HR ground truth (B, T, scale h, scale w, 3)."""
+    t, gt, scale = int(config.data.num_frames), int(config.data.gt_size), int(config.data.scale)
+    return {"lr": jax.ShapeDtypeStruct((batch, t, gt // scale, gt // scale, 3), jnp.uint8),
+            "hr": jax.ShapeDtypeStruct((batch, t, gt, gt, 3), jnp.uint8)}
+
+
+def dataset(config, process_index: int = 0, process_count: int = 1):
+    return pipeline.make_dataset(config.data, config.batch_size, process_index, process_count, seed=config.seed,
+                                 task="sr")
+
+
+def build(config, init_variables=None):
+    """The model (flax module); checks that the config's crops fit it."""
+    del init_variables  # nothing of the task depends on them
     entry = models.get(config.model.name)
     if entry.kind != "super_resolution":
         raise ValueError(f"model '{config.model.name}' is a {entry.kind} model, not a super-resolution model")
     if config.model.get("remat", False):
         raise ValueError(f"model.remat: {config.model.name} has no rematerialisation option (the inpainting "
                          "generators have); set model.remat=False")
-    return models.build(config.model.name, dtype=jnp.dtype(config.dtype), **dict(config.model.overrides))
-
-
-def example_lr(config, model, batch: int = 1):
-    return jnp.zeros((batch, int(config.data.num_frames), model.feat_size, model.feat_size, 3), jnp.float32)
+    model = models.build(config.model.name, dtype=jnp.dtype(config.dtype), **dict(config.model.overrides))
+    gt, scale = int(config.data.gt_size), int(config.data.scale)
+    if scale != 4 or gt != 4 * model.feat_size:
+        raise ValueError(f"data.gt_size={gt} / data.scale={scale}: {config.model.name} is x4 on "
+                         f"{model.feat_size}x{model.feat_size} LR crops, so gt_size must be {4 * model.feat_size} "
+                         "and scale 4")
+    return model
 
 
 def make_init(config, model):
+    """init(rng, init_variables=None) -> SRState (pure)."""
     tx = optimizer(config)
-    lr = example_lr(config, model)
+    lr = jnp.zeros((1, int(config.data.num_frames), model.feat_size, model.feat_size, 3), jnp.float32)
 
     def init(rng, init_variables=None):
         rng, key = jax.random.split(rng)
@@ -171,21 +209,7 @@ def make_init(config, model):
     return init
 
 
-def create_state(config, model, mesh, rng, init_variables=None):
-    init = make_init(config, model)
-    abstract = jax.eval_shape(init, rng, init_variables)
-    shardings = shd.state_shardings(abstract, mesh, config.mesh.shard_params)
-    return jax.jit(init, out_shardings=shardings)(rng, init_variables), shardings
-
-
-def check_data(config, model):
-    gt, scale = int(config.data.gt_size), int(config.data.scale)
-    if scale != 4 or gt != 4 * model.feat_size:
-        raise ValueError(f"data.gt_size={gt} / data.scale={scale}: {config.model.name} is x4 on "
-                         f"{model.feat_size}x{model.feat_size} LR crops, so gt_size must be {4 * model.feat_size} "
-                         "and scale 4")
-
-
+# --- the step ----------------------------------------------------------------------------------------------
 def make_train_step(config, model):
     """train_step(state, batch) -> (state, metrics); batch {"lr": uint8 (B,T,h,w,3), "hr": uint8 (B,T,4h,4w,3)}."""
     tx = optimizer(config)
@@ -216,12 +240,7 @@ def make_train_step(config, model):
         g_params = optax.apply_updates(state.g_params, updates)
 
         g_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(g_norm)
-        ok = finite & (state.bad_step < 0)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        new_state = state.replace(
-            step=state.step + 1, g_params=keep(g_params, state.g_params), g_opt=keep(g_opt, state.g_opt),
-            bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
+        new_state = guarded_update(state, all_finite(loss, g_norm), g_params=g_params, g_opt=g_opt)
         metrics = {"g_loss": loss, "l1": jnp.mean(jnp.abs(out - hr)), "psnr": batch_psnr(out, hr),
                    "g_grad_norm": g_norm, "lr": lr_fn(state.step), "spynet_lr": spy_fn(state.step)}
         return new_state, metrics
@@ -229,20 +248,10 @@ def make_train_step(config, model):
     return train_step
 
 
-def setup(config, mesh, init_variables=None):
-    """(model, state, shardings, jitted step), as loop.setup returns for inpainting models."""
-    model = build_model(config)
-    check_data(config, model)
-    state, shardings = create_state(config, model, mesh, jax.random.key(config.seed), init_variables)
-    step_fn = jax.jit(make_train_step(config, model), in_shardings=(shardings, shd.batch_sharding(mesh)),
-                      out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
-    return model, state, shardings, step_fn
-
-
-# --- previews ------------------------------------------------------------------------------------------
+# --- preview -----------------------------------------------------------------------------------------------
 def make_preview(config, model):
-    """preview(params, batch) -> uint8 grid: rows of LR bicubic-up | output | ground truth per sample."""
-    from ecformer_jax.training.metrics import image_grid
+    """preview(g_params, batch) -> {"lr_bicubic_output_target": grid}: rows of LR bicubic-up | output | ground
+    truth per sample."""
 
     @jax.jit
     def run(params, lr_u8):
@@ -252,65 +261,14 @@ def make_preview(config, model):
         up = jax.image.resize(lr, (b, t, 4 * h, 4 * w, c), "bicubic")
         return up, out
 
-    def preview(params, batch):
+    def preview(g_params, batch):
         lr, hr = batch["lr"][:2], batch["hr"][:2]
-        up, out = jax.device_get(run(params, lr))
+        up, out = jax.device_get(run(g_params, lr))
         hr = np.asarray(jax.device_get(hr), np.float32) / 255.0
-        return image_grid(*(np.clip(v, 0, 1) * 2 - 1 for v in (up, out, hr)))
+        return {"lr_bicubic_output_target": image_grid(*(np.clip(v, 0, 1) * 2 - 1 for v in (up, out, hr)))}
 
     return preview
 
 
-# --- export for the upscale command -------------------------------------------------------------------
-def read_workdir(workdir: str, step: int | None = None):
-    """(model name, model options, {'params': generator parameters}, source) of training checkpoint `step`
-    (default: the latest) of `workdir`; the model name and options come from <workdir>/config.json."""
-    import orbax.checkpoint as ocp
-
-    workdir = os.path.abspath(workdir)
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} not found: is {workdir} a training workdir?")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    name, overrides = cfg["model"]["name"], dict(cfg["model"].get("overrides") or {})
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
-    if not steps:
-        raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")
-    step = steps[-1] if step is None else int(step)
-    if step not in steps:
-        raise ValueError(f"no checkpoint of step {step} in {ckpt_dir}; available: {steps}")
-    state = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
-    return name, overrides, {"params": jax.tree.map(np.asarray, state["g_params"])}, f"{ckpt_dir}/{step}"
-
-
-def export(workdir: str, output: str, step: int | None = None, overwrite: bool = False) -> str:
-    """Write the generator parameters of a training checkpoint of `workdir` (read_workdir) as a converted
-    checkpoint folder (convert.save)."""
-    from ecformer_jax import convert
-
-    name, overrides, variables, source = read_workdir(workdir, step)
-    return convert.save(output, name, variables, overrides, source=source, overwrite=overwrite)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ecformer_jax.training.sr")
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="training checkpoint -> converted folder for the upscale command")
-    e.add_argument("--workdir", required=True)
-    e.add_argument("--output", required=True)
-    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    e.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        path = export(args.workdir, args.output, args.step, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+TASK = Task(name="super_resolution", config=sr_config, batch_spec=batch_spec, dataset=dataset, build=build,
+            make_init=make_init, make_train_step=make_train_step, make_preview=make_preview, runner=VSRUpscaler)

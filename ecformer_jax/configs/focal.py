@@ -1,0 +1,6 @@
+"""The 'focal' token-mixer generator with the FuseFormer recipe: `--config focal[:tiny]`."""
+from ecformer_jax.configs import _mixers
+
+
+def get_config(arg=None):
+    return _mixers.recipe("focal", arg)

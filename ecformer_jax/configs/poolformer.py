@@ -1,0 +1,6 @@
+"""The 'poolformer' token-mixer generator with the FuseFormer recipe: `--config poolformer[:tiny]`."""
+from ecformer_jax.configs import _mixers
+
+
+def get_config(arg=None):
+    return _mixers.recipe("poolformer", arg)
