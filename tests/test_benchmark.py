@@ -153,7 +153,7 @@ def test_plot_from_side_by_side_results(tmp_path):
     plot = _load("plot_benchmarks")
     paths = []
     for frames, height in ((5, 240), (10, 240), (8, 240), (8, 480)):
-        side = lambda s: {"step_s": s * frames * height / 240, "peak_host_bytes": 2**30 * frames}  # noqa: E731
+        side = lambda s, f=frames, h=height: {"step_s": s * f * h / 240, "peak_host_bytes": 2**30 * f}  # noqa: E731
         d = {"model": "e2fgvi_hq", "frames": frames, "height": height, "cpus": 2, "jax": side(1.0),
              "torch": side(1.5)}
         paths.append(tmp_path / f"r{frames}_{height}.json")
@@ -170,3 +170,27 @@ def test_infer_pads_like_the_inpaint_command():
     """E2FGVI-HQ at 1280x720 is benchmarked as the inpaint command runs it: mirror-padded to 1296x720."""
     assert benchmark.padded_size("e2fgvi_hq", {}, (720, 1280)) == (720, 1296)
     assert benchmark.padded_size("e2fgvi_hq", {}, (240, 432)) == (240, 432)
+
+
+def test_against_official_train_side_times_the_trainers_step():
+    """The JAX side of --against-official --mode train runs tasks.inpainting's step (not a copy) with the
+    comparison's settings, from given generator and discriminator weights."""
+    import jax
+
+    from ecformer_jax import models
+
+    args = benchmark.parse_args(["--model", "sttn", "--frames", "2", "--height", "60", "--width", "108", "--iters", "1",
+                                 "--mode", "train", "--video", "random"])
+    spec, opts = benchmark.OFFICIAL["sttn"], {"channels": 32, "num_blocks": 1, "patch_sizes": ((15, 27), (5, 9))}
+    task, c = benchmark.train_config(args, spec, opts)
+    assert task.name == "inpainting" and c.model.discriminator == "sttn_discriminator" and c.model.disc_joint_clip
+    assert (c.loss.adversarial_weight, c.loss.gan_type, c.loss.flow_weight) == (0.01, "hinge", 0.0)
+    assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.grad_clip) == (1e-4, 0.0, 0.99, 0.0)
+    frames, masks, _ = benchmark.make_inputs(args)
+    np.testing.assert_array_equal(np.round((frames + 1) * 127.5) / 127.5 - 1, frames)  # uint8 levels, as trained
+    g = models.init(models.build("sttn", **opts), "sttn", jax.random.key(0))
+    d = models.init(models.build("sttn_discriminator"), "sttn_discriminator", jax.random.key(1))
+    timing, losses = benchmark._jax_train(args, spec, opts, g, frames, masks, None, d)
+    assert set(losses) == {"d_loss", "g_loss", "d_loss_step2", "g_loss_step2"}
+    assert all(np.isfinite(float(v)) for v in losses.values()) and losses["d_loss_step2"] != losses["d_loss"]
+    assert timing["step_s"] > 0 and len(timing["step_s_all"]) == 1

@@ -29,12 +29,14 @@ side is its own. Both use the same CPU threads: torch.set_num_threads(N) with N 
 affinity, which is what XLA's CPU client uses (--threads N restricts both processes to N CPUs). The
 outputs must agree: max|jax - torch| / max(1, max|torch|) <= --tolerance (1e-3), else the command fails
 after printing the JSON. speed_ratio = torch step time / JAX step time (> 1: JAX is faster).
---mode train times one generator + discriminator step on each side, the same simple step on both:
+--mode train times one generator + discriminator step on each side, the same computation on both:
 D hinge loss on real and (detached) composited frames, then G = hole L1 + valid L1 (official
 normalisation) + 0.01 x hinge adversarial loss with the updated D, Adam(1e-4, betas (0, 0.99)), the
 official T-PatchGAN discriminator (spectral norm, one power iteration per D call), dropout off in torch
-(the JAX models have none); the losses of the first two steps (the second one after an update of both
-networks) must agree within the same tolerance.
+(the JAX models have none). The JAX side is the trainer's own step (tasks.inpainting, non-finite guard
+included) with a config that makes it this computation (`train_config`); the torch side writes it out.
+The losses of the first two steps (the second one after an update of both networks) must agree within
+the same tolerance.
 """
 from __future__ import annotations
 
@@ -153,11 +155,11 @@ def bench_infer(args, overrides):
     if args.compare_float32:
         variables = fan_in_variables(variables)
     frames, masks, described = make_inputs(args)
-    nl = args.num_local if args.num_local else (args.frames if entry.generate is not None else None)
+    nl = args.num_local if args.num_local else (args.frames if entry.local_frames else None)
     padded = padded_size(args.model, overrides, (args.height, args.width))
 
     def forward(dtype):
-        from ecformer_jax.models.e2fgvi import crop, pad_to_multiple
+        from ecformer_jax.layers.padding import crop, pad_to_multiple
 
         model = models.build(args.model, dtype=jnp.dtype(dtype), **overrides)
 
@@ -181,17 +183,16 @@ def bench_infer(args, overrides):
 
 
 def bench_train(args, overrides):
-    import runpy
-
     import jax
 
+    from ecformer_jax import configs, tasks
     from ecformer_jax.training import sharding as shd
     from ecformer_jax.training.loop import setup
 
-    path = os.path.join(ROOT, "configs", f"{args.model}.py")
-    if not os.path.exists(path):
-        raise SystemExit(f"--mode train needs configs/{args.model}.py")
-    c = runpy.run_path(path)["get_config"](None)
+    if args.model not in configs.names():
+        raise SystemExit(f"--mode train needs a preset ecformer_jax/configs/{args.model}.py; presets: "
+                         f"{', '.join(configs.names())}")
+    c = configs.get_config(args.model)
     c.batch_size = args.batch
     c.data.height, c.data.width = args.height, args.width
     c.dtype = args.dtype
@@ -202,12 +203,12 @@ def bench_train(args, overrides):
         c.data.num_frames = args.frames
     for k, v in overrides.items():
         c.model.overrides[k] = v
+    task = tasks.for_config(c)
     mesh = shd.make_mesh(-1)
-    _, state, _, step = setup(c, mesh)
+    _, state, _, step = setup(c, task, mesh)
     rng = jax.random.key(1)
-    shape = (args.batch, args.frames, args.height, args.width)
-    batch = {"frames": jax.random.randint(rng, shape + (3,), 0, 256).astype("uint8"),
-             "masks": (jax.random.uniform(rng, shape + (1,)) > 0.8).astype("uint8")}
+    batch = {k: ((jax.random.uniform(rng, s.shape) > 0.8) if k == "masks" else jax.random.randint(rng, s.shape, 0, 256))
+             .astype("uint8") for k, s in task.batch_spec(c, args.batch).items()}
     batch = shd.global_batch(jax.device_get(batch), mesh)
     import numpy as np
 
@@ -290,9 +291,8 @@ def padded_size(name, overrides, size):
     """(H, W) the inpainting command would feed the model for frames of `size` (its protocol's multiple); a
     model that only runs at one size gets `size` back and says so itself."""
     from ecformer_jax import models
-    from ecformer_jax.inference.protocol import protocol_for
 
-    mh, mw = protocol_for(name).size_rule(models.build(name, **overrides)).multiple
+    mh, mw = models.get(name).size_rule(models.build(name, **overrides)).multiple
     return (size[0] + (-size[0]) % mh, size[1] + (-size[1]) % mw)
 
 
@@ -306,7 +306,10 @@ def make_inputs(args):
         video = default_clip() if os.path.isdir(os.path.join(default_clip(), "frames")) else "random"
     if video == "random":
         rng = np.random.default_rng(0)
-        frames = rng.uniform(-1, 1, shape + (3,)).astype(np.float32)
+        if args.mode == "train":  # the train step reads uint8 frames: random levels of the uint8 grid
+            frames = rng.integers(0, 256, shape + (3,)).astype(np.float32) / 127.5 - 1.0
+        else:
+            frames = rng.uniform(-1, 1, shape + (3,)).astype(np.float32)
         masks = (rng.uniform(size=shape + (1,)) > 0.8).astype(np.float32)
         return frames, masks, "random frames in [-1, 1], random pixel masks (20% holes)"
     from PIL import Image
@@ -372,8 +375,7 @@ def against_official(args, raw):
     spec = official_spec(args.model, path)
     if args.dtype != "float32":
         raise SystemExit("--against-official compares float32 (the official code's precision); drop --dtype")
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from convert_torch import parse_overrides
+    from ecformer_jax.convert import parse_overrides
 
     overrides = parse_overrides(args.option)
     frames, masks, described = make_inputs(args)
@@ -571,16 +573,12 @@ def _torch_side(args, spec, work, threads):
 
 
 def _jax_side(args, spec, work, threads):
+    import jax
     import numpy as np
 
-    import jax
-    import jax.numpy as jnp
-
     rss_import = peak_host_bytes()
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from convert_torch import parse_overrides
-
     from ecformer_jax import convert, models
+    from ecformer_jax.convert import parse_overrides
 
     if jax.default_backend() != "cpu":  # full float32 like the official code
         jax.config.update("jax_default_matmul_precision", "highest")
@@ -607,7 +605,7 @@ def _jax_side(args, spec, work, threads):
         for name, f in zip(("flows_forward", "flows_backward"), flows):
             arrays[name] = np.asarray(f)
     else:
-        timing, first = _jax_train(args, spec, model, variables, frames, masks, masked, nl,
+        timing, first = _jax_train(args, spec, overrides, variables, frames, masks, nl,
                                    convert.from_torch(spec["disc"], dict(np.load(os.path.join(work, "d.npz")))))
         arrays = {k: float(v) for k, v in first.items()}
         res["losses"] = arrays
@@ -617,73 +615,61 @@ def _jax_side(args, spec, work, threads):
     return res
 
 
-def _jax_train(args, spec, model, variables, frames, masks, masked, nl, d_variables):
-    """The simple G + D step of the comparison (see the module docstring), jitted with the state donated."""
+def train_config(args, spec, overrides, num_local=None):
+    """The inpainting task's config whose train step is the comparison's step (see the module docstring): hole
+    L1 + valid L1 + ADV_WEIGHT x hinge, no flow loss, Adam(LR, BETAS) without decay, clipping or milestones,
+    the official discriminator on the whole clip ('joint') or per sample ('batch'), float32."""
+    from ecformer_jax import tasks
+
+    task = tasks.get("inpainting")
+    c = task.config(args.model, spec["disc"])
+    c.model.overrides.update(overrides)
+    c.model.disc_joint_clip = spec["disc_clip"] == "joint"
+    c.loss.update(hole_weight=1.0, valid_weight=1.0, adversarial_weight=ADV_WEIGHT, gan_type="hinge", flow_weight=0.0)
+    c.optim.update(lr=LR, b1=BETAS[0], b2=BETAS[1], weight_decay=0.0, grad_clip=0.0, milestones=(2 ** 30,))
+    c.batch_size, c.mesh.data = args.batch, 1
+    c.data.height, c.data.width = args.height, args.width
+    if num_local is not None:
+        c.data.sampling, c.data.num_local, c.data.num_ref = "local_ref", num_local, args.frames - num_local
+    else:
+        c.data.num_frames = args.frames
+    return task, c
+
+
+def _jax_train(args, spec, overrides, variables, frames, masks, nl, d_variables):
+    """The trainer's own inpainting step (tasks.inpainting, jitted by training.loop.setup with the state
+    donated) with the official weights of both networks, on the clip's frames as uint8 (as the data pipeline
+    gives them)."""
     import jax
-    import optax
+    import numpy as np
 
-    from ecformer_jax import models
-    from ecformer_jax.training import losses
+    from ecformer_jax.training import sharding as shd
+    from ecformer_jax.training.loop import setup
 
-    disc = models.build(spec["disc"])
-    tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    d_variables = jax.device_put(d_variables)
-    state = {"g": variables["params"], "d": d_variables["params"], "spectral": d_variables["spectral"],
-             "g_opt": tx.init(variables["params"]), "d_opt": tx.init(d_variables["params"])}
-
-    def d_apply(params, spectral, clip):
-        if spec["disc_clip"] == "joint":
-            clip = clip.reshape(1, -1, *clip.shape[2:])
-        logits, upd = disc.apply({"params": params, "spectral": spectral}, clip, train=True, mutable=["spectral"])
-        return logits, upd["spectral"]
-
-    def step(state, frames, masks, masked):
-        def g_forward(g_params):
-            return models.generate(args.model, model, {"params": g_params, **rest}, masked, masks,
-                                   num_local_frames=nl)[0]
-
-        pred, g_vjp = jax.vjp(g_forward, state["g"])
-        comp = frames * (1.0 - masks) + pred * masks
-
-        def d_loss_fn(d_params):
-            real, spectral = d_apply(d_params, state["spectral"], frames)
-            fake, spectral = d_apply(d_params, spectral, jax.lax.stop_gradient(comp))
-            return losses.discriminator_loss(real, fake, "hinge"), spectral
-
-        (d_loss, spectral), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state["d"])
-        upd, d_opt = tx.update(d_grads, state["d_opt"], state["d"])
-        d_params = optax.apply_updates(state["d"], upd)
-
-        def g_loss_fn(pred):
-            hole, valid = losses.hole_valid_l1(pred, frames, masks)
-            fake, new_spectral = d_apply(d_params, spectral, frames * (1.0 - masks) + pred * masks)
-            return hole + valid + ADV_WEIGHT * losses.generator_adversarial_loss(fake, "hinge"), new_spectral
-
-        (g_loss, spectral), d_pred = jax.value_and_grad(g_loss_fn, has_aux=True)(pred)
-        (g_grads,) = g_vjp(d_pred)
-        upd, g_opt = tx.update(g_grads, state["g_opt"], state["g"])
-        new = {"g": optax.apply_updates(state["g"], upd), "d": d_params, "spectral": spectral, "g_opt": g_opt,
-               "d_opt": d_opt}
-        return new, {"d_loss": d_loss, "g_loss": g_loss}
-
-    fn = jax.jit(step, donate_argnums=(0,))
+    task, c = train_config(args, spec, overrides, nl)
+    mesh = shd.make_mesh(c.mesh.data)
+    _, state, shardings, step = setup(c, task, mesh, init_variables=jax.device_put(variables))
+    state = jax.device_put(state.replace(d_params=d_variables["params"], d_spectral=d_variables["spectral"]),
+                           shardings)
+    batch = shd.global_batch({"frames": np.round((np.asarray(frames) + 1.0) * 127.5).astype(np.uint8),
+                              "masks": np.asarray(masks).astype(np.uint8)}, mesh)
     t0 = time.perf_counter()
-    lowered = fn.lower(state, frames, masks, masked)
+    lowered = step.lower(state, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    state, first = jax.block_until_ready(compiled(state, frames, masks, masked))
+    state, first = jax.block_until_ready(compiled(state, batch))
     t3 = time.perf_counter()
     times, later = [], []
     for _ in range(args.iters):
         t = time.perf_counter()
-        state, metrics = jax.block_until_ready(compiled(state, frames, masks, masked))
+        state, metrics = jax.block_until_ready(compiled(state, batch))
         times.append(time.perf_counter() - t)
         later.append(metrics)
-    losses = dict(jax.device_get(first))
+    keys = ("d_loss", "g_loss")
+    losses = {k: jax.device_get(first[k]) for k in keys}
     if later:
-        losses.update({f"{k}_step2": v for k, v in jax.device_get(later[0]).items()})
+        losses.update({f"{k}_step2": jax.device_get(later[0][k]) for k in keys})
     return ({"trace_s": t1 - t0, "compile_s": t2 - t1, "first_s": t3 - t2, "step_s": statistics.median(times),
              "step_s_all": times}, losses)
 
@@ -697,10 +683,9 @@ def main(argv=None):
         return run_side(args)
     if args.against_official:
         return against_official(args, raw)
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from convert_torch import parse_overrides
-
     import jax
+
+    from ecformer_jax.convert import parse_overrides
 
     overrides = parse_overrides(args.option)
     res = (bench_infer if args.mode == "infer" else bench_train)(args, overrides)

@@ -8,12 +8,13 @@ What it does, with the real entry points only (each one a subprocess, as a user 
    training data source applies itself; the model needs 64x64 LR crops, so frames must be >= 256 high:
    the 432x240 tennis clip becomes 460x256). Frames [0, --train-frames) are for training, the rest are
    held out and never seen by the trainer;
-2. `python -m ecformer_jax.train --config configs/vsr_transformer.py:<variant> --workdir OUT/run
+2. `python -m ecformer_jax.train --config vsr_transformer:<variant> --workdir OUT/run
    --config.data.path=FRAMES --config.data.split_json=OUT/train_split.json` (the split file
    {"<folder>": train_frames} limits the folder to its first train_frames frames);
 3. LR clip: the held-out ground-truth frames downscaled x4 (PIL bicubic, as the trainer degrades its crops);
    `python -m ecformer_jax.upscale --checkpoint OUT/run --video OUT/test_lr --output OUT/sr` (the training
-   workdir's latest checkpoint; `python -m ecformer_jax.training.sr export` would give the same parameters);
+   workdir's latest checkpoint; converting it with `python -m ecformer_jax.convert` gives the same
+   parameters);
 4. PSNR (float64 over uint8 frames, whole frame, no border crop, averaged over frames) of the upscaled
    frames, of PIL bicubic x4 and of bilinear x4 (the model's own base, torch-style align_corners=False)
    against the ground truth. Prints one JSON object.
@@ -65,8 +66,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", default=str(ROOT.parent / "shared" / "data" / "tennis" / "frames"),
                    help="folder of the clip's frames")
-    p.add_argument("--out", required=True, help="work folder (created; an existing OUT/run is resumed by the trainer, so use a fresh one)")
-    p.add_argument("--config", default="configs/vsr_transformer.py:tiny_clip")
+    p.add_argument("--out", required=True,
+                   help="work folder (created; an existing OUT/run is resumed by the trainer, so use a fresh one)")
+    p.add_argument("--config", default="vsr_transformer:tiny_clip",
+                   help="preset NAME[:VARIANT] or FILE.py[:VARIANT]")
     p.add_argument("--width", type=int, default=460)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--train-frames", type=int, default=55, help="frames [0, N) train; the rest are held out")
