@@ -95,3 +95,26 @@ def test_tasks_registry():
     with pytest.raises(ValueError, match="no task trains it"):
         tasks.for_config(c)
     assert loop.train.__code__.co_varnames[:3] == ("config", "workdir", "task")
+
+
+def test_train_command_runs_a_preset_from_another_folder_quietly(tmp_path):
+    """`python -m ecformer_jax.train --config sttn:tiny` outside the checkout: the workdir layout, and no backend
+    probing / font-cache noise on stderr by default."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "", "PYTHONPATH": str(PACKAGE.parent)}
+    cmd = [sys.executable, "-m", "ecformer_jax.train", "--config", "sttn:tiny", "--workdir", "runs/x",
+           "--config.num_steps=1", "--config.model.overrides.num_blocks=1", "--config.image_every=0",
+           "--config.model.discriminator=fuseformer_discriminator"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    run = tmp_path / "runs" / "x"
+    assert (run / "config.json").is_file() and (run / "checkpoints" / "1" / "state").is_dir()
+    assert (run / "checkpoints" / "1" / "data").is_dir() and (run / "metrics.jsonl").is_file()
+    for noise in ("Unable to initialize backend", "font cache", "Initializing backend", "orbax"):
+        assert noise not in res.stderr, (noise, res.stderr[-2000:])
+    res = subprocess.run(cmd[:3] + ["--config", "nope"] + cmd[5:], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode != 0 and "unknown config preset 'nope'" in res.stderr
