@@ -214,9 +214,8 @@ def main(argv=None):
     k1, k2 = jax.random.split(jax.random.key(0))
     masks = (jax.random.uniform(k2, shape + (1,)) > 0.8).astype(jnp.float32)
     masked = jax.random.uniform(k1, shape + (3,), minval=-1, maxval=1) * (1 - masks)
-    nl = args.num_local or (args.frames if entry.generate is not None else None)
-    call_args = (masked, masks) if entry.takes_masks else (masked,)
-    call_kwargs = {"num_local_frames": nl} if entry.generate is not None else {}
+    nl = args.num_local or (args.frames if entry.local_frames else None)
+    call_args, call_kwargs = entry.call_args(masked, masks, nl)
 
     whole_s, whole_compile, whole_flops = time_fn(lambda v, *a: model.apply(v, *a, **call_kwargs),
                                                   (variables, *call_args), args.iters)
