@@ -85,7 +85,7 @@ def test_size_rules_of_the_official_models():
     assert plan_geometry(official["sttn"], (720, 1280), resize=(480, 864)).size == (480, 864)
     with pytest.raises(ValueError, match="fixed size 432x240"):
         plan_geometry(official["fuseformer"], (720, 1280), resize_ratio=0.5)
-    # the size-free variants and unknown models (the FuseFormer protocol) keep the video's size
+    # the size-free variants, and generators that declare FuseFormer's protocol, keep the video's size
     assert models.get("ecformer").protocol is models.get("fuseformer").protocol
     free = models.fuseformer.fuseformer_size(models.build("fuseformer", resize_embeddings=True))
     assert plan_geometry(free, (30, 42)).padded == (32, 44)

@@ -257,7 +257,7 @@ def run_window(variables, frames_u8, masks_u8, *, name: str, model, multiple: tu
 class Inpainter:
     """Inpaint uint8 videos of any length and size with a registered inpainting generator.
 
-    name / model / variables: a registered inpainting model (e.g. from inference.common.load_model).
+    name / model / variables: a registered inpainting model (e.g. from convert.resolve).
     Options default to the model's protocol (`models.get(name).protocol`); resize: (H, W) processing size;
     resize_ratio: scale of the processing size (models without a fixed size); max_in_flight: windows
     dispatched ahead (the next window is prepared while the device runs the current one).

@@ -24,7 +24,7 @@ Intermediates (apply(..., mutable=["intermediates"])): every end point as `end_p
 Checkpoint: the bare state_dict of `i3d_rgb_imagenet.pt` (keys `Conv3d_1a_7x7.conv3d.weight`,
 `Conv3d_1a_7x7.bn.{weight,bias,running_mean,running_var}`, `Mixed_3b.b0.conv3d.weight`, ...
 `logits.conv3d.{weight,bias}`; `*.bn.num_batches_tracked` is accepted when present). Convert it once with
-`python tools/convert_torch.py --model i3d --checkpoint i3d_rgb_imagenet.pt --output checkpoints/i3d`.
+`python -m ecformer_jax.convert --model i3d --checkpoint i3d_rgb_imagenet.pt --output checkpoints/i3d`.
 """
 from __future__ import annotations
 
