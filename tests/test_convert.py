@@ -86,6 +86,7 @@ def test_no_state_dict_inside():
         convert.from_torch("fuseformer_discriminator", {"optimizer": {"lr": 1.0}})
 
 
+@pytest.mark.slow
 def test_cli_converts_a_real_pth_and_loads_back(tmp_path, disc_sd, disc_fixture):
     npz, _ = disc_fixture
     pth = tmp_path / "dis_00001.pth"

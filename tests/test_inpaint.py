@@ -311,6 +311,7 @@ def _upsampled_holes(masks, size):
     return protocol.resize_masks(small, masks.shape[1:3])
 
 
+@pytest.mark.slow
 def test_window_memory_does_not_grow_with_length(tiny_fuseformer):
     """100 vs 400 frames: the same window shapes go to the device and the live device bytes peak at the
     same value; only the host arrays grow."""

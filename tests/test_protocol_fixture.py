@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from ecformer_jax.convert.weight_rule import state_dict_from_fixture
@@ -18,6 +19,7 @@ from ecformer_jax.inpaint import main
 N = 25
 
 
+@pytest.mark.slow
 def test_e2fgvi_hq_matches_official_test_py(parity_dir, tennis_dir, tmp_path, capsys):
     fixture = np.load(parity_dir / "protocol_e2fgvi_hq_tennis25.npz")
     delta = fixture["delta"].astype(np.int16)

@@ -124,6 +124,7 @@ def _run(capsys, *args):
     return rc, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_upscale_pth_follows_the_crop_protocol(tiny_state_dict, lr_clip, tmp_path, capsys):
     folder, lr = lr_clip
     pth = _save_pth(tmp_path / "net_g_tiny.pth", tiny_state_dict)
@@ -159,6 +160,7 @@ def test_upscale_pth_follows_the_crop_protocol(tiny_state_dict, lr_clip, tmp_pat
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99, (frame, diff.max(), (diff == 0).mean())
 
 
+@pytest.mark.slow
 def test_upscale_converted_checkpoint_mp4_bfloat16(tiny_state_dict, lr_clip, tmp_path, capsys):
     """With conv_last zeroed the network returns its bilinear x4 base, so the pasted crops must rebuild
     the bilinear upsampling of the whole frame (checks the crop geometry on every pixel). The mp4 input
@@ -186,6 +188,7 @@ def test_upscale_converted_checkpoint_mp4_bfloat16(tiny_state_dict, lr_clip, tmp
     assert rc == 2 and "exists; pass --overwrite" in cap.err
 
 
+@pytest.mark.slow
 def test_upscale_training_workdir(tiny_state_dict, lr_clip, tmp_path, capsys):
     """A training workdir: its latest step, the model and its options from config.json."""
     from tests.test_convert import fake_workdir

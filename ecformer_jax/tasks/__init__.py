@@ -22,11 +22,10 @@ def get(name: str) -> Task:
 def for_config(config) -> Task:
     """The task that trains config.model.name (its registry entry's task)."""
     entry = models.get(config.model.name)
-    name = getattr(entry, "task", None) or str(getattr(entry.kind, "value", entry.kind))
-    if name not in TASKS:
-        raise ValueError(f"model '{config.model.name}' is a {name} model: no task trains it (trainable: models of "
-                         f"task {', '.join(sorted(TASKS))})")
-    return TASKS[name]
+    if entry.task not in TASKS:
+        raise ValueError(f"model '{config.model.name}' is a {entry.kind.value} model: no task trains it (trainable: "
+                         f"models of task {', '.join(sorted(TASKS))})")
+    return TASKS[entry.task]
 
 
 __all__ = ["Task", "TASKS", "get", "for_config", "inpainting", "super_resolution"]

@@ -107,6 +107,7 @@ def test_summary_and_csvs_match_direct_computation(dataset, tmp_path):
     assert "camel" in table and "E_warp: unavailable" in table and f"VFID: {saved['vfid']:.4g}" in table
 
 
+@pytest.mark.slow
 def test_cli_with_real_i3d_and_spynet_checkpoints(dataset, tmp_path, capsys):
     root, arrays = dataset
     torch.save(random_state_dict(counters=False), tmp_path / "i3d_rgb_imagenet.pt")

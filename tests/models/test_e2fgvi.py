@@ -50,6 +50,7 @@ def _apply(name, lt, dtype=jnp.float32, **overrides):
     return jax.jit(functools.partial(model.apply, num_local_frames=lt))
 
 
+@pytest.mark.slow
 def test_hq_other_size_batch_bfloat16_and_reference_independence(hq_variables):
     """A size other than the fixtures' (60x108, the smallest valid one): shapes, batches of two, flows
     from the local frames only, bf16 close to float32."""

@@ -102,6 +102,7 @@ def test_poolformer_options_are_checked():
         jax.eval_shape(models.build("poolformer", num_blocks=1, pool_size=(3, 3)).init, jax.random.key(0), x)
 
 
+@pytest.mark.slow
 def test_swin_generator_bfloat16_close_to_float32():
     kw = {**SMALL, **MIXERS["swin"], "num_blocks": 1}
     x = _clip((1, 3, 48, 96, 3))

@@ -49,6 +49,7 @@ def test_channels_first_input_is_refused():
         model.init(jax.random.key(0), jnp.zeros((1, 2, 3, 32, 64)), None)
 
 
+@pytest.mark.slow
 def test_fuseformer_size_rule_and_resize_embeddings():
     small = dict(num_blocks=1)
     x, _ = _clip(1, 2, 120, 216)
@@ -64,6 +65,7 @@ def test_fuseformer_size_rule_and_resize_embeddings():
     assert bool(jnp.isfinite(out).all())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,size", [("sttn", SMALL_STTN, (32, 64)),
                                                ("fuseformer", dict(num_blocks=1, resize_embeddings=True), (48, 96))])
 def test_bfloat16_compute_close_to_float32(name, kwargs, size):
@@ -89,6 +91,7 @@ def test_discriminator_shapes_and_train_mode_updates_vectors():
 
 
 # sttn: blocks take arrays only; ecformer: blocks take a static clip length (static_argnums), like the others
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,size", [("sttn", SMALL_STTN, (32, 64)),
                                                ("ecformer", dict(hidden=32, heads=2, ffn_hidden=98, num_blocks=2,
                                                                  topk=16, se_reduction=4), (48, 96))])

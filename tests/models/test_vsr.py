@@ -169,6 +169,7 @@ def tiny():
     return model, variables, x, out, state["intermediates"]
 
 
+@pytest.mark.slow
 def test_tiny_model_shapes_and_output_frames(tiny):
     model, variables, x, out, inter = tiny
     chex.assert_shape(out, (2, 3, 256, 256, 3))

@@ -97,6 +97,7 @@ def test_tasks_registry():
     assert loop.train.__code__.co_varnames[:3] == ("config", "workdir", "task")
 
 
+@pytest.mark.slow
 def test_train_command_runs_a_preset_from_another_folder_quietly(tmp_path):
     """`python -m ecformer_jax.train --config sttn:tiny` outside the checkout: the workdir layout, and no backend
     probing / font-cache noise on stderr by default."""

@@ -68,6 +68,7 @@ def _start_two(cfg, workdir, out, **popen):
                              cwd=ROOT, start_new_session=True, **popen) for pid in range(2)]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_after_sigkill(tmp_path):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(CONFIG.format(steps=STEPS))

@@ -95,6 +95,7 @@ def _changed(p0, p1, spynet: bool):
     return max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(p0), leaves(p1)))
 
 
+@pytest.mark.slow
 def test_sr_loss_goes_down_on_a_fixed_clip(trajectory):
     c, state, _, _, _, metrics = trajectory
     loss = [float(m["g_loss"]) for m in metrics]
@@ -103,6 +104,7 @@ def test_sr_loss_goes_down_on_a_fixed_clip(trajectory):
     assert int(state.step) == 8 and int(state.bad_step) == -1
 
 
+@pytest.mark.slow
 def test_spynet_frozen_then_trained(trajectory):
     _, _, _, _, params, metrics = trajectory
     for k in range(1, 4):  # the first 3 updates leave SPyNet exactly as initialised
@@ -144,6 +146,7 @@ def test_sr_data_pipeline():
         pipeline.make_dataset(c.data, 2, task="denoise")
 
 
+@pytest.mark.slow
 def test_train_loop_and_init_from_the_workdir(tmp_path):
     c = _config(batch_size=1, num_steps=2, image_every=2, checkpoint_every=2, log_every=1)
     state = train(c, str(tmp_path / "run"), TASK)

@@ -28,9 +28,11 @@ def _setup(c, mesh=None):
 LEARNERS = ["sttn", "poolformer", "swin", "focal", "ecformer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNERS)
 def test_loss_goes_down_on_a_fixed_clip(name):
-    c = helpers.config(name, batch_size=1, **{"loss.adversarial_weight": 0.0, "optim.lr": 1e-4})
+    # 3-frame clips (measured ratios: ecformer 0.75, sttn 0.77, poolformer 0.78, focal 0.78, swin 0.81)
+    c = helpers.config(name, batch_size=1, **{"loss.adversarial_weight": 0.0, "optim.lr": 1e-4, "data.num_frames": 3})
     state, step, mesh = _setup(c)
     batch = shd.global_batch(helpers.fixed_batch(c), mesh)
     l1 = []
@@ -42,6 +44,7 @@ def test_loss_goes_down_on_a_fixed_clip(name):
     assert int(state.step) == 20
 
 
+@pytest.mark.slow
 def test_non_finite_step_is_refused_and_reported():
     c = helpers.config("sttn")
     state, step, mesh = _setup(c)
@@ -64,6 +67,7 @@ def test_every_inpainting_generator_has_a_tiny_config():
     assert not missing, f"inpainting models without ecformer_jax/configs/<name>.py: {missing}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GENERATORS)
 def test_train_step_runs_for_generator(name):
     c = helpers.config(name)
@@ -108,6 +112,7 @@ print("SHARDED-OK")
 """
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, "-c", SHARDED.format(root=str(ROOT))], env=env, capture_output=True,
