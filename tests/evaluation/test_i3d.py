@@ -281,6 +281,7 @@ def test_loading_weights(tmp_path):
         load_i3d_variables(spynet_dir)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_features():
     import jax.numpy as jnp
 

@@ -82,6 +82,7 @@ def test_hq_other_size_batch_bfloat16_and_reference_independence(hq_variables):
     assert np.abs(np.asarray(bff) - ff).max() < 0.1
 
 
+@pytest.mark.slow
 def test_cvpr_model_is_fixed_size_unless_resize_embeddings():
     x = _clip(2, 60, 108)
     model = models.build("e2fgvi")

@@ -70,6 +70,7 @@ def test_channel_attention_is_a_per_frame_sigmoid_gate():
         ca.apply(variables, x, 4)
 
 
+@pytest.mark.slow
 def test_binarized_ecformer_loads_float_weights_and_trains():
     shape = (1, 2, 48, 96, 3)
     float_model = models.build("ecformer", **SMALL)
@@ -91,6 +92,7 @@ def test_binarized_ecformer_loads_float_weights_and_trains():
         assert bool(jnp.isfinite(leaf).all()) and float(jnp.abs(leaf).sum()) > 0, path
 
 
+@pytest.mark.slow
 def test_ecformer_bfloat16_close_to_float32():
     shape = (1, 2, 48, 96, 3)
     x = _clip(shape, seed=6)

@@ -80,6 +80,7 @@ def test_bfloat16_compute_close_to_float32(name, kwargs, size):
     assert float(jnp.abs(a - b.astype(jnp.float32)).max()) < 0.1
 
 
+@pytest.mark.slow
 def test_discriminator_shapes_and_train_mode_updates_vectors():
     disc = models.build("fuseformer_discriminator")
     frames = jax.random.uniform(jax.random.key(0), (2, 3, 64, 64, 3), minval=-1, maxval=1)
