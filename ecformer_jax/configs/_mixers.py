@@ -4,7 +4,7 @@ from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def recipe(model: str, arg=None):
-    c = inpainting_config(model, "fuseformer_discriminator", seed=2021)
+    c = inpainting_config(model, seed=2021)
     c.data.layout = "frames"
     c.optim.milestones = (400_000,)
     c = variant(c, arg)

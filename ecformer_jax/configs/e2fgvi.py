@@ -4,7 +4,7 @@ from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None, model="e2fgvi"):
-    c = inpainting_config(model, "fuseformer_discriminator", seed=2022)
+    c = inpainting_config(model, seed=2022)
     c.data.layout = "frames"
     c.data.sampling = "local_ref"
     c.data.num_local, c.data.num_ref = 5, 3

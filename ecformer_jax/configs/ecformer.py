@@ -6,7 +6,7 @@ from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 def get_config(arg=None):
     parts = set((arg or "").split("_")) - {""}
-    c = inpainting_config("ecformer", "ecformer_discriminator", seed=2026)
+    c = inpainting_config("ecformer", seed=2026)
     c.data.layout = "frames"
     c.optim.milestones = (400_000,)
     c.model.overrides.topk = 512

@@ -3,7 +3,7 @@ from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None):
-    c = inpainting_config("fuseformer", "fuseformer_discriminator", seed=2021)
+    c = inpainting_config("fuseformer", seed=2021)
     c.data.layout = "frames"  # data/YouTubeVOS/train_all_frames/JPEGImages/<video>/*.jpg
     c.optim.milestones = (400_000,)
     c = variant(c, arg)

@@ -3,7 +3,7 @@ from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
 def get_config(arg=None):
-    c = inpainting_config("sttn", "sttn_discriminator", seed=2020)
+    c = inpainting_config("sttn", seed=2020)
     c.data.layout = "zip"  # datasets/youtube-vos/JPEGImages/<video>.zip + train.json
     c.optim.milestones = (150_000, 300_000)  # 1e-4, then 1e-5 from 150k, 1e-6 from 300k
     c = variant(c, arg)

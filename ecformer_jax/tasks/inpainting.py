@@ -31,11 +31,11 @@ from ecformer_jax.training.state import all_finite, guarded_update
 
 
 # --- config ------------------------------------------------------------------------------------------------
-def inpainting_config(model: str, discriminator: str, **overrides) -> ml_collections.ConfigDict:
+def inpainting_config(model: str, discriminator: str | None = None, **overrides) -> ml_collections.ConfigDict:
     """The one config schema every inpainting model trains with; `ecformer_jax/configs/<model>.py` call it with
-    the paper recipe."""
+    the paper recipe. discriminator: default the model's registered one (`models.get(model).discriminator`)."""
     c = base_config(model, batch_size=8, num_steps=500_000, seed=0, image_every=1000, checkpoint_every=10_000)
-    c.model.discriminator = discriminator
+    c.model.discriminator = discriminator or models.get(model).discriminator
     c.model.disc_joint_clip = False  # True: D sees the whole per-process batch as ONE clip (official trainers)
 
     c.loss = ml_collections.ConfigDict()
