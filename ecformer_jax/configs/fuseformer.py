@@ -2,8 +2,8 @@
 from ecformer_jax.tasks.inpainting import inpainting_config, variant
 
 
-def get_config(arg=None):
-    c = inpainting_config("fuseformer", seed=2021)
+def get_config(arg=None, model="fuseformer"):
+    c = inpainting_config(model, seed=2021)
     c.data.layout = "frames"  # data/YouTubeVOS/train_all_frames/JPEGImages/<video>/*.jpg
     c.optim.milestones = (400_000,)
     c = variant(c, arg)
