@@ -109,13 +109,7 @@ def options_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict:
     counts read off its keys; {} for models whose options are not recorded in the weights."""
     from ecformer_jax import models
 
-    entry = models.get(name)
-    read = getattr(entry, "options_from_state_dict", None)
-    if read is None:  # until the registry entry carries it (a field of ModelEntry)
-        from ecformer_jax.models import vsr_transformer
-
-        if issubclass(entry.module, vsr_transformer.VSRTransformer):
-            read = vsr_transformer.options_from_state_dict
+    read = models.get(name).options_from_state_dict
     return dict(read(state_dict)) if read is not None else {}
 
 

@@ -78,6 +78,7 @@ class ModelEntry:
     protocol: ProtocolDefaults | None = None
     discriminator: str | None = None  # the discriminator a training config uses by default
     extra_losses: tuple = ()  # loss terms the trainer adds for this model, e.g. ("flow",)
+    options_from_state_dict: Callable | None = None  # (state_dict) -> module options its keys imply
 
     @property
     def task(self) -> str | None:
@@ -113,7 +114,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register(name: str, module, from_torch, example_inputs, kind: Kind | str, defaults=None, description="",
              inputs=("masked_frames",), outputs=("frames",), size_rule=None, protocol=None, discriminator=None,
-             extra_losses=()):
+             extra_losses=(), options_from_state_dict=None):
     """Register a model. An unknown kind is refused; an inpainting generator must declare its size rule and
     protocol, and a generator's protocol must agree with its inputs on num_local_frames."""
     try:
@@ -133,7 +134,8 @@ def register(name: str, module, from_torch, example_inputs, kind: Kind | str, de
     elif protocol is not None:
         raise ValueError(f"model '{name}' is a {kind.value} model: only inpainting generators have a protocol")
     _REGISTRY[name] = ModelEntry(name, module, dict(defaults or {}), from_torch, example_inputs, kind, description,
-                                 inputs, outputs, size_rule, protocol, discriminator, tuple(extra_losses))
+                                 inputs, outputs, size_rule, protocol, discriminator, tuple(extra_losses),
+                                 options_from_state_dict)
 
 
 def names(kind: Kind | str | None = None) -> list[str]:

@@ -454,9 +454,10 @@ def example_inputs(model: VSRTransformer):
 
 
 register("vsr_transformer", VSRTransformer, from_torch, example_inputs, kind="super_resolution",
+         options_from_state_dict=options_from_state_dict,
          description="VSR-Transformer x4 (REDS configuration: 5 frames, depth 5), 64x64 LR crops in [0, 1]")
 register("vsr_transformer_vimeo", VSRTransformer, from_torch, example_inputs, kind="super_resolution",
-         defaults=dict(num_frames=7, depth=7),
+         options_from_state_dict=options_from_state_dict, defaults=dict(num_frames=7, depth=7),
          description="VSR-Transformer x4 (Vimeo-90K / Vid4 configuration: 7 frames, depth 7)")
 
 
