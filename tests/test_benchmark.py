@@ -21,7 +21,9 @@ def _load(name):
     return mod
 
 
+sys.path.insert(0, str(ROOT / "tools"))  # official_compare imports its helpers from benchmark
 benchmark = _load("benchmark")
+official_compare = _load("official_compare")
 official_shims = _load("official_shims")
 
 
@@ -57,7 +59,7 @@ def test_against_official_names_missing_files(tmp_path):
 
 
 def test_against_official_is_float32_only(tmp_path):
-    for f in benchmark.OFFICIAL["dstt"]["files"]:
+    for f in official_compare.OFFICIAL["dstt"]["files"]:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("")
     with pytest.raises(SystemExit, match="float32"):
@@ -182,8 +184,8 @@ def test_against_official_train_side_times_the_trainers_step():
 
     args = benchmark.parse_args(["--model", "sttn", "--frames", "2", "--height", "60", "--width", "108", "--iters", "1",
                                  "--mode", "train", "--video", "random"])
-    spec, opts = benchmark.OFFICIAL["sttn"], {"channels": 32, "num_blocks": 1, "patch_sizes": ((15, 27), (5, 9))}
-    task, c = benchmark.train_config(args, spec, opts)
+    spec, opts = official_compare.OFFICIAL["sttn"], {"channels": 32, "num_blocks": 1, "patch_sizes": ((15, 27), (5, 9))}
+    task, c = official_compare.train_config(args, spec, opts)
     assert task.name == "inpainting" and c.model.discriminator == "sttn_discriminator" and c.model.disc_joint_clip
     assert (c.loss.adversarial_weight, c.loss.gan_type, c.loss.flow_weight) == (0.01, "hinge", 0.0)
     assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.grad_clip) == (1e-4, 0.0, 0.99, 0.0)
@@ -191,7 +193,7 @@ def test_against_official_train_side_times_the_trainers_step():
     np.testing.assert_array_equal(np.round((frames + 1) * 127.5) / 127.5 - 1, frames)  # uint8 levels, as trained
     g = models.init(models.build("sttn", **opts), "sttn", jax.random.key(0))
     d = models.init(models.build("sttn_discriminator"), "sttn_discriminator", jax.random.key(1))
-    timing, losses = benchmark._jax_train(args, spec, opts, g, frames, masks, None, d)
+    timing, losses = official_compare._jax_train(args, spec, opts, g, frames, masks, None, d)
     assert set(losses) == {"d_loss", "g_loss", "d_loss_step2", "g_loss_step2"}
     assert all(np.isfinite(float(v)) for v in losses.values()) and losses["d_loss_step2"] != losses["d_loss"]
     assert timing["step_s"] > 0 and len(timing["step_s_all"]) == 1
