@@ -8,7 +8,11 @@
 --config takes a preset NAME[:VARIANT] (ecformer_jax/configs/NAME.py) or a path FILE.py[:VARIANT]; any field
 can be overridden with --config.FIELD=VALUE. Runs on one CPU, several GPUs or a multi-host TPU pod (the same
 command on every host; set --config.distributed=True or JAX_COORDINATOR_ADDRESS). Restarting with the same
-workdir resumes. Quiet by default; -v 1 also shows the INFO of jax, orbax and grain.
+workdir resumes from its newest usable checkpoint; SIGTERM (a pre-empted VM) saves a checkpoint at the next step
+and exits 0. Quiet by default; -v 1 also shows the INFO of jax, orbax and grain.
+
+Exit status: 0 done (or stopped by SIGTERM), 2 a one-line error (bad config or data, a workdir written for another
+model, no usable checkpoint, a checkpoint that could not be written), 3 a non-finite loss.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def run(argv):
     except NonFiniteError as e:
         logging.error("%s", e)
         sys.exit(3)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad config or data, a workdir of another model, disk full, ...
         logging.error("%s", e)
         sys.exit(2)
 

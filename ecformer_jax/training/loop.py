@@ -9,24 +9,32 @@ everything else is here, the same for every task. The workdir:
     <workdir>/checkpoints/<step>/state      orbax StandardCheckpoint of the train state (g_params, ...)
     <workdir>/checkpoints/<step>/data       the data iterator's position (grain)
     <workdir>/metrics.jsonl, tensorboard/, images/<name>_<step>.png
+
+Faults (docs/reliability.md): a run killed at any moment restarts from the newest committed checkpoint with the
+same numbers; a damaged checkpoint is skipped (training.checkpoints); a workdir of another model is refused;
+SIGTERM saves at the next step boundary and returns.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Any, NamedTuple
 
 import jax
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from ecformer_jax import convert
+from ecformer_jax.training import checkpoints
 from ecformer_jax.training import sharding as shd
 from ecformer_jax.training.checkpoints import Checkpointer, absolute, abstract_with_shardings
 from ecformer_jax.training.metrics import MetricWriter
 from ecformer_jax.training.state import NonFiniteError, check_finite, create_state, jit_step
 
-__all__ = ["train", "setup", "Setup", "NonFiniteError", "load_init_variables"]
+__all__ = ["train", "setup", "Setup", "NonFiniteError", "load_init_variables", "StopRequest"]
 
 
 class Setup(NamedTuple):
@@ -70,27 +78,30 @@ def check_fits(expected, params, name: str):
 
 
 def train(config, workdir: epath.PathLike, task, stop_after: int | None = None):
-    """Train until config.num_steps (or `stop_after` more steps); resume from workdir if it has checkpoints."""
+    """Train until config.num_steps (or `stop_after` more steps); resume from workdir if it has checkpoints.
+    SIGTERM (a pre-empted VM) stops at the next step boundary with a committed checkpoint of that step."""
     workdir = absolute(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     mesh = shd.make_mesh(config.mesh.data)
     check_batch(config, mesh)
+    written_for = checkpoints.check_config(workdir, config)
     init_variables = load_init_variables(config) if config.init_from else None
     built, state, shardings, step_fn = setup(config, task, mesh, init_variables)
 
     iterator = iter(task.dataset(config, jax.process_index(), jax.process_count()))
     ckpt = Checkpointer(workdir / "checkpoints", config.keep_checkpoints, config.async_checkpoints)
-    latest = ckpt.latest_step()
+    restored, latest = ckpt.restore_latest(abstract_with_shardings(state, shardings), iterator, written_for)
     if latest is not None:
-        state = ckpt.restore(latest, abstract_with_shardings(state, shardings), iterator)
+        state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, latest)
     elif lead:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+        checkpoints.write_config(workdir, config)
 
     preview = task.make_preview(config, built)
     frames_per_batch = config.batch_size * max(s.shape[1] for s in task.batch_spec(config, 1).values())
     writer = MetricWriter(workdir, enabled=lead)
+    stop = StopRequest()
 
     start = int(jax.device_get(state.step))
     end = config.num_steps if stop_after is None else min(config.num_steps, start + stop_after)
@@ -116,11 +127,43 @@ def train(config, workdir: epath.PathLike, task, stop_after: int | None = None):
             if config.image_every and done % config.image_every == 0:
                 for name, grid in preview(state.g_params, batch).items():
                     writer.image(done, name, grid)
-            if done % config.checkpoint_every == 0 or done == config.num_steps:
+            stopping = stop(done)
+            if done % config.checkpoint_every == 0 or done == config.num_steps or stopping:
                 check_finite(state)
                 ckpt.save(done, state, iterator, force=True)
+            if stopping:
+                ckpt.wait()
+                logging.warning("SIGTERM: stopped after step %d, its checkpoint is in %s; the same command "
+                                "continues from there", done, ckpt.directory)
+                break
     finally:
         bar.close()
         ckpt.close()
         writer.close()
+        stop.close()
     return state
+
+
+class StopRequest:
+    """SIGTERM asks for a stop at the next step boundary. One process: a flag set by the signal handler. Several:
+    JAX's preemption sync point (jax.distributed installs its own SIGTERM notifier), so that every process stops
+    after the same step, whichever got the signal."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+        self.multi = jax.process_count() > 1
+        if not self.multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __call__(self, step: int) -> bool:
+        if self.multi:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def close(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
