@@ -1,7 +1,13 @@
-"""Metrics to the console and to TensorBoard event files (tensorboardX, no TensorFlow), image grids."""
+"""Metrics to the console and to TensorBoard event files (tensorboardX, no TensorFlow), image grids.
+
+The workdir may be remote (gs://...: tensorboardX writes event files there itself). Object stores cannot
+append, so on a remote workdir metrics.jsonl is kept in memory and rewritten whole at each write (a resumed
+run reads the old rows first: nothing is lost).
+"""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 from etils import epath
@@ -19,16 +25,15 @@ class MetricWriter:
             self.workdir.mkdir(parents=True, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+            self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
+            self._jsonl = _JsonLines(self.workdir / "metrics.jsonl")
 
     def scalars(self, step: int, values: dict):
         if not self.enabled:
             return
         for k, v in values.items():
             self._tb.add_scalar(k, float(v), step)
-        self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
 
     def image(self, step: int, name: str, grid: np.ndarray):
         """grid: uint8 (H, W, 3); also written as <workdir>/images/<name>_<step>.png."""
@@ -48,6 +53,35 @@ class MetricWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def is_remote(path: epath.PathLike) -> bool:
+    """gs://, s3://, ... (an object store: no append, no rename), as opposed to a local or mounted folder."""
+    return "://" in os.fspath(path)
+
+
+class _JsonLines:
+    """Lines appended to a file: a local file in append mode, a remote one rewritten whole after each line."""
+
+    def __init__(self, path: epath.Path):
+        self.path = path
+        if is_remote(path):
+            self._text = path.read_text() if path.exists() else ""
+            self._file = None
+        else:
+            self._file = path.open("a")
+
+    def append(self, line: str):
+        if self._file is None:
+            self._text += line
+            self.path.write_text(self._text)
+        else:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
 
 
 def to_uint8(x) -> np.ndarray:

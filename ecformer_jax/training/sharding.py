@@ -9,13 +9,15 @@ from jax.sharding import PartitionSpec as P
 DATA = "data"
 
 
-def make_mesh(num_data: int = -1) -> Mesh:
-    """A 1-D mesh over all (global) devices with the axis 'data'."""
-    n = jax.device_count() if num_data in (-1, 0, None) else int(num_data)
-    if n > jax.device_count():
-        raise ValueError(f"mesh.data={n} but only {jax.device_count()} devices are visible")
+def make_mesh(num_data: int = -1, devices=None) -> Mesh:
+    """A 1-D mesh with the axis 'data' over the first `num_data` (-1: all) of `devices` (default: all global
+    devices; pass a TPU topology's devices to compile ahead of time for a pod)."""
+    devices = jax.devices() if devices is None else list(devices)
+    n = len(devices) if num_data in (-1, 0, None) else int(num_data)
+    if n > len(devices):
+        raise ValueError(f"mesh.data={n} but only {len(devices)} devices are visible")
     axis_types = (jax.sharding.AxisType.Auto,)
-    return jax.make_mesh((n,), (DATA,), axis_types=axis_types, devices=jax.devices()[:n])
+    return jax.make_mesh((n,), (DATA,), axis_types=axis_types, devices=devices[:n])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
