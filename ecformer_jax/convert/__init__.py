@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from ecformer_jax.convert import workdir
-from ecformer_jax.convert.state_dict import TorchStateDict, to_numpy, unwrap
+from ecformer_jax.convert.state_dict import TorchStateDict, to_numpy, torch_load, unwrap
 from ecformer_jax.errors import CheckpointError
 
 __all__ = ["CheckpointError", "Resolved", "TorchStateDict", "check_variables", "from_torch", "is_converted", "load",
@@ -36,14 +36,10 @@ def load_torch_file(path: epath.PathLike) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the install
         raise CheckpointError("reading .pth files needs PyTorch: pip install 'ecformer_jax[torch]'") from e
-    try:
-        with path.open("rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"could not read {path} as a PyTorch checkpoint: {e}") from e
+    return torch_load(path)  # "<file>: not a PyTorch checkpoint (why)" for anything but a tensor checkpoint
 
 
 def _flatten(tree, prefix=()):

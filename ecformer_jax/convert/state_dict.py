@@ -6,6 +6,8 @@ take, or asked for and did not find, is reported at the end by `check()`.
 """
 from __future__ import annotations
 
+import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +16,73 @@ import numpy as np
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.models.registry import GENERATOR_WRAPPERS
 
-__all__ = ["CheckpointError", "TorchStateDict", "to_numpy", "unwrap"]
+__all__ = ["CheckpointError", "TorchStateDict", "to_numpy", "torch_load", "unwrap"]
+
+
+def _not_a_checkpoint(path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a PyTorch checkpoint ({why})")
+
+
+def _sniff(path, f) -> None:
+    """CheckpointError for a file that cannot be a torch.save file, told by its bytes: empty, neither a zip
+    archive (torch >= 1.6) nor a pickle (the legacy format), a damaged zip or one without data.pkl."""
+    head = f.read(16)
+    f.seek(0)
+    if not head:
+        raise _not_a_checkpoint(path, "empty file, 0 bytes")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(f) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise _not_a_checkpoint(path, f"a truncated or damaged zip archive: {e}") from None
+        finally:
+            f.seek(0)
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+            raise _not_a_checkpoint(path, f"a zip archive without data.pkl; it holds {shown or 'nothing'}")
+        return
+    if head[:1] != b"\x80":  # pickles of protocol 2+ (all torch.save files) start with PROTO
+        try:
+            text = head.decode("ascii")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and " ".join(text.split()).isprintable():
+            raise _not_a_checkpoint(path, f"it is text, starting {text.split(chr(10))[0]!r}")
+        raise _not_a_checkpoint(path, f"neither a zip archive nor a pickle; it starts with {head[:8]!r}")
+
+
+def _torch_reason(e: Exception) -> str:
+    """One line from a torch.load failure, without PyTorch's advice to load with weights_only=False."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it stores the Python object {found.group(1)}, not only tensors, and unpickling that could run "
+                "code; only plain tensor checkpoints are read")
+    found = re.search(r"WeightsUnpickler error: *\n*\s*([^\n]+)", text)
+    if found:
+        return f"its pickle data is damaged or not written by torch.save: {found.group(1).strip()}"
+    if isinstance(e, EOFError) or "EOF" in text or "truncated" in text:
+        return f"truncated: {' '.join(text.split()) or 'unexpected end of file'}"
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and "weights_only" not in line and "trust" not in line]
+    return lines[0] if lines else type(e).__name__
+
+
+def torch_load(path) -> Any:
+    """torch.load an (epath) .pth / .pt file on the CPU, tensors and plain containers only (weights_only=True,
+    never False). Anything else - an empty, text, garbage or truncated file, a zip that is not a torch archive,
+    a pickle that needs code to load - is one CheckpointError "<file>: not a PyTorch checkpoint (why)"."""
+    import torch
+
+    try:
+        with path.open("rb") as f:
+            _sniff(path, f)
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise _not_a_checkpoint(path, _torch_reason(e)) from None
 
 
 def to_numpy(value) -> np.ndarray:
