@@ -46,8 +46,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from etils import epath
+
+from ecformer_jax.errors import USER_ERRORS, report
 from ecformer_jax.evaluation.run import FLOW_SOURCES, PER_FRAME, PER_VIDEO, SUMMARY, format_table, run
 from ecformer_jax.inference.common import parse_size
 
@@ -92,12 +94,11 @@ def main(argv=None) -> int:
             only_results=args.only_results, flow_on=args.ewarp_flow_on, overwrite=args.overwrite,
             progress=not args.quiet, checkpoint=args.checkpoint, model_name=args.model, dtype=args.dtype,
             subvideo_length=args.subvideo_length)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # CheckpointError and VideoError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:  # bad input, checkpoint, option or output: one line, status 2, no traceback
+        return report(e)
     if args.model is not None and args.checkpoint is None:
         print("note: --model only matters with --checkpoint", file=sys.stderr)
-    out = Path(args.output)
+    out = epath.Path(args.output)
     print(format_table(json.loads((out / SUMMARY).read_text())))
     print(f"written: {out / PER_VIDEO}, {out / PER_FRAME}, {out / SUMMARY}")
     return 0

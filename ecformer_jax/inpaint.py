@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ecformer_jax.errors import USER_ERRORS, report
 from ecformer_jax.inference import protocol
 from ecformer_jax.inference.common import parse_size
 from ecformer_jax.inference.inpaint import inpaint
@@ -72,9 +73,8 @@ def main(argv=None) -> int:
                           resize=parse_size(args.resize, "--resize"), resize_ratio=args.resize_ratio,
                           mask_dilation=args.mask_dilation, fps=args.fps, side_by_side=not args.no_side_by_side,
                           progress=not args.quiet)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # CheckpointError and VideoError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:  # bad input, checkpoint, option or output: one line, status 2, no traceback
+        return report(e)
     h, w = summary["size"]
     print(f"{summary['frames']} frames {w}x{h} inpainted in {summary['seconds']:.1f}s "
           f"({summary['frames_per_second']:.2f} frames/s, {summary['windows']} windows, "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ecformer_jax.errors import USER_ERRORS, report
 from ecformer_jax.inference.upscale import upscale
 
 
@@ -45,9 +46,8 @@ def main(argv=None) -> int:
         summary = upscale(args.checkpoint, args.video, args.output, model_name=args.model, overwrite=args.overwrite,
                           dtype=args.dtype, batch_size=args.batch_size, overlap=args.overlap, fps=args.fps,
                           side_by_side=not args.no_side_by_side, progress=not args.quiet)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # CheckpointError and VideoError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:  # bad input, checkpoint, option or output: one line, status 2, no traceback
+        return report(e)
     (h, w), (oh, ow) = summary["input_size"], summary["output_size"]
     print(f"{summary['frames']} frames {w}x{h} -> {ow}x{oh} in {summary['seconds']:.1f}s: {summary['output']}"
           + (f" (side by side: {summary['side_by_side']})" if "side_by_side" in summary else ""))

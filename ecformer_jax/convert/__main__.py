@@ -9,6 +9,10 @@ Accepts bare state_dicts and the wrapped layouts of the official scripts ('netG'
 wrong shapes if the file does not belong to the model. A training workdir (config.json + checkpoints/)
 names its model and options; its latest checkpoint is exported unless --step says which. Load the
 result with `ecformer_jax.convert.resolve(DIR)` or pass DIR as --checkpoint to inpaint / upscale.
+
+The output is written next to DIR (or locally, for a remote gs://... DIR) and moved into place when complete.
+Errors (a file that is not a PyTorch checkpoint, a checkpoint of another model, an unknown model, an existing
+DIR without --overwrite, an unwritable DIR) are one line on stderr with exit status 2.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import numpy as np
 
 def main(argv=None) -> int:
     from ecformer_jax import convert, models
+    from ecformer_jax.data import video_io
+    from ecformer_jax.errors import USER_ERRORS, naming, report
 
     p = argparse.ArgumentParser(prog="python -m ecformer_jax.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None,
@@ -35,16 +41,25 @@ def main(argv=None) -> int:
 
     try:
         overrides = convert.parse_overrides(args.option)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
-    try:
+        # cheap checks first: the model name, the output; then the checkpoint
+        if args.model is not None:
+            convert._entry(args.model, None)
+        output = video_io.output_path(args.output)
+        if output.exists() and not args.overwrite:
+            raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+        video_io.check_writable(output)
         t0 = time.perf_counter()
-        name, overrides, variables, source = convert.read_checkpoint(args.checkpoint, args.model, step=args.step,
-                                                                     options=overrides)
-        path = convert.save(args.output, name, variables, overrides, source=source, overwrite=args.overwrite)
-    except (convert.CheckpointError, KeyError, TypeError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        try:
+            name, overrides, variables, source = convert.read_checkpoint(args.checkpoint, args.model, step=args.step,
+                                                                         options=overrides)
+        except convert.CheckpointError as e:
+            raise naming(e, args.checkpoint) from None
+        # written next to the output (or locally for a remote one) and swapped in whole at the end
+        with video_io.atomic_output(output, replace=True) as tmp:
+            convert.save(tmp, name, variables, overrides, source=source, overwrite=True)
+    except (*USER_ERRORS, KeyError, TypeError) as e:  # one line, status 2, no traceback
+        return report(e)
+    path = output if video_io.is_remote(output) else output.absolute()
     import jax
 
     leaves = jax.tree.leaves(variables.get("params", {}))

@@ -9,6 +9,7 @@ and the printed table. Sizes are (H, W).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from ecformer_jax.data import video_io
 from ecformer_jax.data.video_io import IMAGE_EXTS, VideoError
+from ecformer_jax.errors import CheckpointError
 from ecformer_jax.evaluation import metrics
-from ecformer_jax.inference.common import format_size
+from ecformer_jax.inference.common import check_checkpoint, format_size, load_checkpoint
 
 SUMMARY = "summary.json"
 PER_VIDEO = "per_video.csv"
@@ -139,12 +142,17 @@ def load_pair(name: str, res_dir: Path, gt_dir: Path, size=None):
 
 def evaluate_video(name, res_dir, gt_dir, size=None, masks=None, i3d=None, flow=None, flow_on="gt") -> VideoResult:
     frame_names, result, gt = load_pair(name, res_dir, gt_dir, size)
-    out = VideoResult(name, frame_names, metrics.frame_psnrs(gt, result), metrics.frame_ssims(gt, result))
-    if masks is not None:
+    m = None
+    if masks is not None:  # read (and checked) before any metric is computed
         m = video_io.read_masks(masks, num_frames=len(result), size=_wh(size))
         if m.shape != result.shape[:3]:
             raise VideoError(f"video '{name}': masks in {masks} are {m.shape[2]}x{m.shape[1]} but the frames are "
                              f"{result.shape[2]}x{result.shape[1]} (W x H)")
+    try:
+        out = VideoResult(name, frame_names, metrics.frame_psnrs(gt, result), metrics.frame_ssims(gt, result))
+    except ValueError as e:  # e.g. frames smaller than the SSIM window: name the video
+        raise VideoError(f"video '{name}' ({res_dir}): {e}") from None
+    if m is not None:
         d = result.astype(np.float64)[m] - gt.astype(np.float64)[m]
         out.hole_sq_err, out.hole_values = float(np.sum(d * d)), int(d.size)
     if i3d is not None:
@@ -163,11 +171,11 @@ def inpaint_videos(checkpoint, gt, masks, results, model_name=None, size=None, v
     `inference.inpaint` (masks dilated 4 times, neighbour stride 5, a reference every 10 frames;
     subvideo_length 0 = references from the whole video, like evaluate.py), written as
     RESULTS/<video>/00000.png ... (RESULTS itself for a single-video --gt). Returns run statistics."""
-    from ecformer_jax import convert
     from ecformer_jax.inference import inpaint
 
     if masks is None:
         raise ValueError("--checkpoint (inpaint first) needs --masks: the holes to fill in every video")
+    check_checkpoint(checkpoint, model_name, "inpainting")
     ref, single = find_videos(gt, "--gt")
     names = sorted(ref)
     if videos:
@@ -183,7 +191,9 @@ def inpaint_videos(checkpoint, gt, masks, results, model_name=None, size=None, v
         if taken:
             raise FileExistsError(f"--results already holds frames for {len(taken)} video(s) ({', '.join(taken[:5])}); "
                                   "pass --overwrite to replace them or evaluate them without --checkpoint")
-    loaded = convert.resolve(checkpoint, model_name, expect="inpainting", dtype=dtype)
+    for target in targets.values():
+        video_io.check_writable(target)
+    loaded = load_checkpoint(checkpoint, model_name, "inpainting", dtype)
     stats = {"model": loaded.name, "checkpoint": str(checkpoint), "videos": len(names), "frames": 0, "seconds": 0.0}
     bar = None
     if progress:
@@ -230,13 +240,25 @@ def _clean(obj):
     return _finite_or_str(obj)
 
 
-def _check_output(output: Path, overwrite: bool):
+def _check_output(output, overwrite: bool):
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; give a folder")
     if not overwrite:
         existing = [n for n in (SUMMARY, PER_VIDEO, PER_FRAME) if (output / n).exists()]
         if existing:
             raise FileExistsError(f"{output} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    video_io.check_writable(output / SUMMARY)
+
+
+def _check_inputs(masks, i3d, flow_checkpoint, checkpoint, model_name):
+    """The paths and names that can be checked before any video is read or any weights loaded."""
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, model_name, "inpainting")
+    if masks is not None and not epath.Path(masks).exists():
+        raise VideoError(f"--masks not found: {masks}")
+    for flag, what, path in (("--i3d", "I3D", i3d), ("--flow-checkpoint", "SPyNet", flow_checkpoint)):
+        if path is not None and not epath.Path(path).exists():
+            raise CheckpointError(f"{flag}: {what} weights not found: {path}")
 
 
 def run(results, gt, output, masks=None, i3d=None, flow_checkpoint=None, size=None, videos=None,
@@ -254,10 +276,11 @@ def run(results, gt, output, masks=None, i3d=None, flow_checkpoint=None, size=No
     """
     from ecformer_jax.evaluation.i3d import I3DFeatures
 
-    output = Path(output)
+    output = video_io.output_path(output)
     if flow_on not in FLOW_SOURCES:
         raise ValueError(f"flow_on must be one of {FLOW_SOURCES}; got {flow_on!r}")
     _check_output(output, overwrite)
+    _check_inputs(masks, i3d, flow_checkpoint, checkpoint, model_name)
     inpainting = None
     if checkpoint is not None:
         inpainting = inpaint_videos(checkpoint, gt, masks, results, model_name, size, videos, dtype, subvideo_length,
@@ -354,28 +377,35 @@ def run(results, gt, output, masks=None, i3d=None, flow_checkpoint=None, size=No
     return summary
 
 
-def write_outputs(output: Path, per_video: list[VideoResult], summary: dict, with_masks: bool):
-    output.mkdir(parents=True, exist_ok=True)
-    with open(output / PER_FRAME, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video", "frame", "psnr", "ssim"])
-        for v in per_video:
-            for name, p, s in zip(v.frame_names, v.psnr, v.ssim):
-                w.writerow([v.name, name, f"{p:.6f}", f"{s:.6f}"])
-    with open(output / PER_VIDEO, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video", "frames", "psnr", "ssim"] + (["psnr_hole"] if with_masks else []) + ["e_warp"])
-        for v in per_video:
-            row = [v.name, len(v.psnr), f"{np.mean(v.psnr):.6f}", f"{np.mean(v.ssim):.6f}"]
-            if with_masks:
-                row.append(f"{v.psnr_hole:.6f}")
-            row.append("" if v.e_warp is None else f"{v.e_warp:.8f}")
-            w.writerow(row)
-    with open(output / SUMMARY, "w") as f:
-        json.dump(_clean({**summary, "per_video": [
-            {"video": v.name, "frames": len(v.psnr), "psnr": float(np.mean(v.psnr)), "ssim": float(np.mean(v.ssim)),
-             **({"psnr_hole": v.psnr_hole} if with_masks else {}), "e_warp": v.e_warp} for v in per_video]}),
-            f, indent=1, allow_nan=False)
+def write_outputs(output, per_video: list[VideoResult], summary: dict, with_masks: bool):
+    """per_frame.csv, per_video.csv and summary.json into the folder `output` (local or remote), each through
+    `video_io.atomic_output`: all three are written to temporaries first and moved into place at the end,
+    summary.json last, so a failure leaves none of them (and an interruption at worst the tables without
+    the summary)."""
+    with contextlib.ExitStack() as stack:
+        tmp_summary = stack.enter_context(video_io.atomic_output(output / SUMMARY))  # entered first: moved last
+        tmp_video = stack.enter_context(video_io.atomic_output(output / PER_VIDEO))
+        tmp_frame = stack.enter_context(video_io.atomic_output(output / PER_FRAME))
+        with open(tmp_frame, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["video", "frame", "psnr", "ssim"])
+            for v in per_video:
+                for name, p, s in zip(v.frame_names, v.psnr, v.ssim):
+                    w.writerow([v.name, name, f"{p:.6f}", f"{s:.6f}"])
+        with open(tmp_video, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["video", "frames", "psnr", "ssim"] + (["psnr_hole"] if with_masks else []) + ["e_warp"])
+            for v in per_video:
+                row = [v.name, len(v.psnr), f"{np.mean(v.psnr):.6f}", f"{np.mean(v.ssim):.6f}"]
+                if with_masks:
+                    row.append(f"{v.psnr_hole:.6f}")
+                row.append("" if v.e_warp is None else f"{v.e_warp:.8f}")
+                w.writerow(row)
+        with open(tmp_summary, "w") as f:
+            json.dump(_clean({**summary, "per_video": [
+                {"video": v.name, "frames": len(v.psnr), "psnr": float(np.mean(v.psnr)),
+                 "ssim": float(np.mean(v.ssim)), **({"psnr_hole": v.psnr_hole} if with_masks else {}),
+                 "e_warp": v.e_warp} for v in per_video]}), f, indent=1, allow_nan=False)
 
 
 def format_table(summary: dict, per_video: list[dict] | None = None) -> str:

@@ -17,9 +17,11 @@ import numpy as np
 from ecformer_jax.data import video_io
 from ecformer_jax.inference import protocol
 from ecformer_jax.inference.common import (
+    check_checkpoint,
     check_outputs,
     format_size,
     is_video_path,
+    load_checkpoint,
     peak_host_memory_mb,
     read_fps,
     side_by_side_path,
@@ -67,21 +69,18 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     size or None for the model's rule; input_size: (H, W) to which the video (bicubic) and masks (nearest) are
     resized when read, as the papers' evaluation does (the output has that size). verbose: print the plan.
     """
-    from ecformer_jax import convert
-
-    video, mask, output = Path(video), Path(mask), Path(output)
-    check_outputs({"video": video, "mask": mask}, output, overwrite, side_by_side)
+    # cheap checks first: options, model name, checkpoint path, outputs; then the input; then the checkpoint
+    video, mask = Path(video), Path(mask)
     if neighbor_length is not None and neighbor_length < 2:
         raise ValueError(f"--neighbor-length must be >= 2 (the window is [f - L/2, f + L/2]); got {neighbor_length}")
+    check_checkpoint(checkpoint, model_name, "inpainting")
+    check_outputs({"video": video, "mask": mask}, output, overwrite, side_by_side)
     t0 = time.perf_counter()
     # VideoError for missing / empty / unreadable input
     frames = video_io.read_frames(video, size=None if input_size is None else (input_size[1], input_size[0]))
     n, h, w, _ = frames.shape
     masks = read_masks(mask, n, (h, w), resize=input_size is not None)
-    if isinstance(checkpoint, convert.Resolved):
-        name, model, variables, _ = checkpoint
-    else:
-        name, model, variables, _ = convert.resolve(checkpoint, model_name, expect="inpainting", dtype=dtype)
+    name, model, variables, _ = load_checkpoint(checkpoint, model_name, "inpainting", dtype)
     inpainter = protocol.Inpainter(
         name, model, variables, neighbor_stride=None if neighbor_length is None else neighbor_length // 2,
         ref_stride=ref_stride, subvideo_length=subvideo_length, mask_dilation=mask_dilation, resize=resize,
@@ -106,7 +105,9 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     finally:
         if bar is not None:
             bar.close()
-    written = write_result(output, result.frames, fps)
+    sbs = (video_io.side_by_side(video_io.overlay_mask(frames, result.masks), result.frames) if side_by_side
+           else None)
+    written = write_result(output, result.frames, fps, side_by_side=sbs)
     summary = {"model": name, "frames": n, "size": (h, w), "processing_size": geo.size, "padded_size": geo.padded,
                "windows": len(windows), "neighbor_stride": inpainter.neighbor_stride,
                "ref_stride": inpainter.ref_stride, "subvideo_length": inpainter.subvideo_length,
@@ -115,8 +116,5 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
                "compiled_shapes": result.stats["compiled_shapes"], "total_seconds": time.perf_counter() - t0,
                "peak_host_memory_mb": peak_host_memory_mb(), "stats": result.stats}
     if side_by_side:
-        path = side_by_side_path(output)
-        video_io.write_video(path, video_io.side_by_side(video_io.overlay_mask(frames, result.masks),
-                                                         result.frames), fps)
-        summary["side_by_side"] = str(path)
+        summary["side_by_side"] = str(side_by_side_path(output))
     return summary

@@ -11,9 +11,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from ecformer_jax.data import video_io
-from ecformer_jax.inference.common import check_outputs, read_fps, side_by_side_path, write_result
+from ecformer_jax.inference.common import (
+    check_checkpoint,
+    check_outputs,
+    load_checkpoint,
+    read_fps,
+    side_by_side_path,
+    write_result,
+)
 
 DEFAULT_MODEL = "vsr_transformer"  # the model of a .pth without --model (REDS, 5 frames)
 
@@ -34,18 +42,20 @@ def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=N
     checkpoint: an official .pth (model_name defaults to 'vsr_transformer'; depth and block counts read off
     its keys), a converted folder or a training workdir (its latest checkpoint), see `convert.resolve`.
     """
-    from ecformer_jax import convert
-    from ecformer_jax.inference.vsr import SCALE, VSRUpscaler, crop_plan
+    from ecformer_jax.inference.vsr import LQ_SIZE, SCALE, VSRUpscaler, crop_plan
 
-    video, output = Path(video), Path(output)
+    # cheap checks first: model name, checkpoint path, outputs; then the input; then the checkpoint
+    video = Path(video)
+    if model_name is None and epath.Path(checkpoint).is_file():
+        model_name = DEFAULT_MODEL
+    check_checkpoint(checkpoint, model_name, "super_resolution")
     check_outputs(video, output, overwrite, side_by_side)
     t0 = time.perf_counter()
     frames = video_io.read_frames(video)  # VideoError (a ValueError) for missing / empty / unreadable input
     n, h, w, _ = frames.shape
-    if model_name is None and Path(checkpoint).is_file():
-        model_name = DEFAULT_MODEL
-    name, model, variables, _ = convert.resolve(checkpoint, model_name, expect="super_resolution", dtype=dtype)
-    plan = crop_plan(h, w, model.feat_size, overlap)  # too small frames: fail before compiling anything
+    crop_plan(h, w, LQ_SIZE, overlap)  # frames too small for the crops, a bad --overlap: before loading anything
+    name, model, variables, _ = load_checkpoint(checkpoint, model_name, "super_resolution", dtype)
+    plan = crop_plan(h, w, model.feat_size, overlap)
     upscaler = VSRUpscaler(model, variables, batch_size=batch_size, overlap=overlap)
     fps = fps or read_fps(video, 24.0)
     print(f"{name} (num_frames={model.num_frames}, depth={model.depth}, {np.dtype(model.dtype).name}): "
@@ -61,11 +71,10 @@ def upscale(checkpoint, video, output, model_name=None, overwrite=False, dtype=N
         if bar is not None:
             bar.close()
     t_run = time.perf_counter() - t0
-    written = write_result(output, result, fps)
+    sbs = video_io.side_by_side(bicubic_x4(frames, SCALE), result) if side_by_side else None
+    written = write_result(output, result, fps, side_by_side=sbs)
     summary = {"model": name, "frames": n, "input_size": (h, w), "output_size": (SCALE * h, SCALE * w),
                "output": str(written), "seconds": t_run}
     if side_by_side:
-        path = side_by_side_path(output)
-        video_io.write_video(path, video_io.side_by_side(bicubic_x4(frames, SCALE), result), fps)
-        summary["side_by_side"] = str(path)
+        summary["side_by_side"] = str(side_by_side_path(output))
     return summary

@@ -194,7 +194,7 @@ def test_frame_count_and_size_mismatches(broken, tmp_path):
         run(broken / "results", broken / "gt", broken / "out", size=(60, 80), videos=["camel"],
                     progress=False)
     Image.new("RGB", (50, 50)).save(broken / "results" / "camel" / "00002.png")
-    with pytest.raises(VideoError, match="have different sizes"):
+    with pytest.raises(VideoError, match=r"camel/00002\.png: 50x50 \(WxH\) but the first frame 00000\.png"):
         run(broken / "results", broken / "gt", broken / "out", size=(72, 96), videos=["camel"],
                     progress=False)
 
