@@ -39,7 +39,9 @@ frames into --results/<video>/, then evaluates:
         --masks random_mask_stationary_w432_h240 --size 432x240 --results results/e2fgvi --output eval/e2fgvi
 
 Outputs in --output: per_frame.csv, per_video.csv, summary.json; the table is printed.
-Exit status 2 with a message for bad input (missing videos, frame count / size mismatches, empty folders).
+The three files are written to temporaries and moved into place at the end (summary.json last).
+Exit status 2 with a one-line message for bad input (missing videos, frame count / size mismatches, empty
+folders, unreadable frames), an existing output without --overwrite or an unwritable one (docs/reliability.md).
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@
 `python -m ecformer_jax.convert` or a training workdir of `python -m ecformer_jax.train` (its latest
 checkpoint); both name their own model. --video: a video file or a folder of frames. --mask: a
 folder of mask images (one per frame, sorted by name), one image for every frame, or a video; pixels
-> 0 are holes (> 127 for a video, whose compression blurs the values). --output: a video file (by its
-suffix, e.g. .mp4) or a folder that receives 00000.png, 00001.png, ...
+whose grey value is > 0 are holes, as in the official scripts, so anti-aliased edges count (> 127 for a
+video, whose compression blurs the values). Grayscale, RGBA, 16-bit and upper-case (.PNG, .MP4) inputs
+work. --output: a video file (by its suffix, e.g. .mp4) or a folder that receives 00000.png, 00001.png, ...
 
 Protocol (ecformer_jax.inference.protocol; the work is ecformer_jax.inference.inpaint): masks dilated (3x3
 cross, --mask-dilation 4 times); windows every --neighbor-length/2 frames of the neighbours [f - L/2, f + L/2]
@@ -23,7 +24,10 @@ at a time goes to the device, so device memory does not grow with the video's le
 
 At the end a side-by-side video (input with the mask in green | result) is written next to the output
 (OUT_side_by_side.mp4) and the frames/s achieved are printed. Existing outputs are never replaced
-without --overwrite. Errors (bad input, mismatched masks or checkpoint) exit with status 2.
+without --overwrite; outputs are written to temporaries and moved into place when complete (a gs:// output
+through etils.epath), so a failure leaves none. Errors (bad input, mismatched masks or checkpoint, an
+unwritable output) are one line on stderr with exit status 2, found before the model is loaded where
+possible (docs/reliability.md).
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ computed on 64x64 LR crops at stride 32 and pasted back as the official `forward
 result is clamped and rounded to uint8 (ecformer_jax.inference.vsr; the work is ecformer_jax.inference.upscale).
 Frames of any size >= 64x64 work. The input frames stay on the host; batches of crops go to the device. At the
 end a side-by-side video (bicubic x4 input | result) is written next to the output: SR_side_by_side.mp4.
+Outputs are never replaced without --overwrite and appear only when complete (temporaries moved into place).
+Errors (bad input, a checkpoint of another model, an unwritable output) are one line on stderr with exit
+status 2 (docs/reliability.md).
 """
 from __future__ import annotations
 
