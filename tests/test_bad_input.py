@@ -172,6 +172,8 @@ def test_inpaint_bad_input(tiny, clip, tmp_path, no_model):
     data = video.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     fails(inpaint(video=tmp_path / "cut.mp4"), tmp_path / "cut.mp4", "cannot read video file", "moov atom not found")
+    (tmp_path / "zero.MP4").write_bytes(b"")
+    fails(inpaint(video=tmp_path / "zero.MP4"), tmp_path / "zero.MP4", "empty file (0 bytes)")
     # a zero-byte mask among the masks
     zero = copy_folder(masks_dir, tmp_path / "zero_mask")
     (zero / "00001.png").write_bytes(b"")
