@@ -59,11 +59,24 @@ def _patch_emulator():
             return
         original["delete"](request, response, storage, *args, **kwargs)
 
+    def move(request, response, storage, *args, **kwargs):  # objects.move (gcsfs's rename): copy, then delete
+        bucket, src, dst = (request.params[k] for k in ("bucket_name", "object_id", "dest_object_id"))
+        try:
+            obj = objects._copy(request.base_url, storage, bucket, src, bucket, dst)
+        except NotFound:
+            response.status = HTTPStatus.NOT_FOUND
+            return
+        objects._delete(storage, bucket, src)
+        response.json(obj)
+
     patched = {original[k]: v for k, v in (("download", download), ("insert", insert), ("delete", delete))}
     objects.download, objects.insert, objects.delete = download, insert, delete
     for _, handlers in server.HANDLERS:
         for method, fn in list(handlers.items()):
             handlers[method] = patched.get(fn, fn)
+    route = r"/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/(?P<dest_object_id>.*[^/]+)$"
+    moves = tuple((f"^{prefix}{route}", {"POST": move}) for prefix in ("/storage/v1", ""))
+    server.HANDLERS = moves + tuple(server.HANDLERS)
     return server
 
 

@@ -1,5 +1,7 @@
 """2 processes x 2 devices train exactly like 1 process x 4 devices, and a 2-process run killed with SIGKILL
-and restarted continues with the same numbers. One 1-process run and one 2-process run (killed, resumed)."""
+and restarted continues with the same numbers. One 1-process run (local workdir) and one 2-process run
+(killed, resumed) whose workdir is gs://... on a local GCS emulator, as on a TPU pod: checkpoints (orbax /
+TensorStore), metrics, TensorBoard and the data iterator state all go through the remote path."""
 from __future__ import annotations
 
 import json
@@ -12,7 +14,9 @@ import time
 
 import numpy as np
 import pytest
+from etils import epath
 
+from tests import gcs_emulator
 from tests.conftest import ROOT
 
 WORKER = str(ROOT / "tests" / "training" / "worker.py")
@@ -45,11 +49,15 @@ def _env(devices):
 
 def _rows(workdir):
     """Every metrics row in order (a resumed run logs the replayed steps again)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+
+def _committed(workdir, step) -> bool:
+    """orbax has finished checkpoint `step` (on GCS a step folder is complete once commit_success.txt is in it)."""
+    return (epath.Path(workdir) / "checkpoints" / str(step) / "commit_success.txt").exists()
 
 
 def _metrics(workdir):
@@ -73,7 +81,12 @@ def test_two_processes_match_one_and_resume_after_sigkill(tmp_path):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(CONFIG.format(steps=STEPS))
     cfg = str(cfg)
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    one, two = str(tmp_path / "one"), f"gs://{gcs_emulator.BUCKET}/{tmp_path.name}/two"
+    with gcs_emulator.running():
+        _run(cfg, one, two, tmp_path)
+
+
+def _run(cfg, one, two, tmp_path):
     res = subprocess.run([sys.executable, WORKER, cfg, one, str(tmp_path / "one.npz")], env=_env(4),
                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert res.returncode == 0 and "WORKER-DONE 0 4" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
@@ -81,10 +94,10 @@ def test_two_processes_match_one_and_resume_after_sigkill(tmp_path):
     # 2 processes, killed with SIGKILL once step 3 is logged and the step-2 checkpoint is complete ...
     procs = _start_two(cfg, two, str(tmp_path / "two.npz"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
-    while not (os.path.isdir(os.path.join(two, "checkpoints", "2")) and any(r["step"] >= 3 for r in _rows(two))):
+    while not (any(r["step"] >= 3 for r in _rows(two)) and _committed(two, 2)):
         assert all(p.poll() is None for p in procs), "a process ended before step 3"
         assert time.time() < deadline, "no step 3 within 15 minutes"
-        time.sleep(0.05)
+        time.sleep(0.2)
     for p in procs:
         os.killpg(p.pid, signal.SIGKILL)
     for p in procs:
