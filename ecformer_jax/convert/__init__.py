@@ -24,6 +24,7 @@ from etils import epath
 from ecformer_jax.convert import workdir
 from ecformer_jax.convert.state_dict import TorchStateDict, to_numpy, torch_load, unwrap
 from ecformer_jax.errors import CheckpointError
+from ecformer_jax.paths import absolute, is_remote
 
 __all__ = ["CheckpointError", "Resolved", "TorchStateDict", "check_variables", "from_torch", "is_converted", "load",
            "load_torch_file", "options_from_state_dict", "parse_overrides", "read_checkpoint", "resolve", "save",
@@ -139,17 +140,24 @@ def save(directory: epath.PathLike, name: str, variables, overrides: dict | None
     directory is renamed into place at the end). Returns the absolute path."""
     import orbax.checkpoint as ocp
 
-    directory = _absolute(directory)
+    directory = absolute(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
+    meta = json.dumps({"model": name, "overrides": overrides or {}, "source": str(source)}, indent=1)
+    ckptr = ocp.StandardCheckpointer()
+    if is_remote(directory):  # no rename on object stores: the metadata file, written last, marks it complete
+        if directory.exists():
+            directory.rmtree()
+        ckptr.save(directory / "variables", jax_tree(variables))
+        ckptr.wait_until_finished()
+        (directory / META).write_text(meta)
+        return str(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = epath.Path(tempfile.mkdtemp(prefix=".tmp-" + directory.name + "-", dir=directory.parent))
     try:
-        ckptr = ocp.StandardCheckpointer()
         ckptr.save(tmp / "variables", jax_tree(variables))
         ckptr.wait_until_finished()
-        (tmp / META).write_text(json.dumps({"model": name, "overrides": overrides or {}, "source": str(source)},
-                                           indent=1))
+        (tmp / META).write_text(meta)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -157,11 +165,6 @@ def save(directory: epath.PathLike, name: str, variables, overrides: dict | None
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(directory)
-
-
-def _absolute(path: epath.PathLike) -> epath.Path:
-    path = epath.Path(path).expanduser()
-    return path if path.is_absolute() else path.resolve()  # orbax wants absolute paths
 
 
 def jax_tree(variables):
@@ -179,7 +182,7 @@ def load(directory: epath.PathLike):
     import jax
     import orbax.checkpoint as ocp
 
-    directory = _absolute(directory)
+    directory = absolute(directory)
     if not is_converted(directory):
         raise CheckpointError(f"{directory} is not a converted ecformer_jax checkpoint (no {META})")
     meta = json.loads((directory / META).read_text())

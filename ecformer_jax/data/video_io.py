@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ecformer_jax.errors import OutputError
+from ecformer_jax.paths import is_remote
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
@@ -251,11 +252,6 @@ def read_masks(path: str | os.PathLike, num_frames: int | None = None,
 
 
 # --- writing ---------------------------------------------------------------------------------------
-def is_remote(path) -> bool:
-    """A path of a remote filesystem (gs://..., s3://...), written through etils.epath."""
-    return "://" in os.fspath(path)
-
-
 def output_path(path):
     """A local pathlib.Path, or an etils.epath.Path for a remote path (gs://...): what outputs are written to."""
     if is_remote(path):

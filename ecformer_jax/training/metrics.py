@@ -13,6 +13,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from ecformer_jax.paths import is_remote
+
 
 class MetricWriter:
     """Process 0 writes; other processes get a writer that does nothing."""
@@ -53,11 +55,6 @@ class MetricWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
-
-
-def is_remote(path: epath.PathLike) -> bool:
-    """gs://, s3://, ... (an object store: no append, no rename), as opposed to a local or mounted folder."""
-    return "://" in os.fspath(path)
 
 
 class _JsonLines:
