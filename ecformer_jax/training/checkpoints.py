@@ -60,8 +60,11 @@ class Checkpointer:
 
     def __init__(self, directory: epath.PathLike, keep: int = 3, async_save: bool = True):
         self.directory = absolute(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=async_save)
+        # folders made in the calling thread: one that cannot be made is an error at once (made in orbax's
+        # background thread, the failure would wait out a 300 s barrier before it surfaced)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
@@ -246,7 +249,7 @@ def write_config(workdir: epath.Path, config):
     """config.json, written whole or not at all (a temporary file renamed)."""
     tmp = workdir / f"{CONFIG}.tmp"
     tmp.write_text(config.to_json_best_effort(indent=1))
-    tmp.rename(workdir / CONFIG)
+    tmp.replace(workdir / CONFIG)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -266,7 +269,9 @@ def _one_line(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     text = " ".join(str(e).split()) or type(e).__name__
-    return f"{type(e).__name__}: {text[:300]}"
+    if len(text) > 400:  # the head names the operation, the tail the OS error
+        text = f"{text[:150]} ... {text[-240:]}"
+    return f"{type(e).__name__}: {text}"
 
 
 def _on_every_process(ok: bool) -> bool:
