@@ -55,8 +55,8 @@ _BATCH = flags.DEFINE_integer("batch", None, "global batch (train) or crops per 
                               "default: the config's, at least one clip per chip")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (float32 | bfloat16); default: the config's")
 _SIZE = flags.DEFINE_string("size", None, "infer: the video size WxH (default: the model's processing size)")
-_PLATFORM = flags.DEFINE_string("attention_platform", None,
-                                "trace as if for this platform (default: the topology's, i.e. tpu)")
+_ATTENTION = flags.DEFINE_enum("attention", "auto", ["auto", "xla", "flash"],
+                               "attention kernel: auto (fused where it fits) or xla (the logits materialised)")
 
 
 def topology_devices(name: str):
@@ -178,7 +178,7 @@ def compile_infer(config, device, batch, size):
 def run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from ecformer_jax.layers import tiling
+    from ecformer_jax.layers import attention, tiling
 
     config = _CONFIG.value
     if _DTYPE.value:
@@ -186,13 +186,13 @@ def run(argv):
             config.dtype = _DTYPE.value
     generation, devices = topology_devices(_TOPOLOGY.value)
     t0 = time.perf_counter()
-    with tiling.on_platform(_PLATFORM.value or "tpu"):
+    with tiling.on_platform("tpu"), attention.implementation(_ATTENTION.value):
         if _MODE.value == "train":
             compiled, n, what = compile_train(config, devices, _BATCH.value)
         else:
             compiled, n, what = compile_infer(config, devices[0], _BATCH.value, _SIZE.value)
     seconds = time.perf_counter() - t0
-    out = {"topology": _TOPOLOGY.value, "device_kind": devices[0].device_kind,
+    out = {"topology": _TOPOLOGY.value, "device_kind": devices[0].device_kind, "attention": _ATTENTION.value,
            **report(compiled, generation, n, what, seconds)}
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")

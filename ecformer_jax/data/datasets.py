@@ -25,6 +25,7 @@ from PIL import Image
 from ecformer_jax.data import video_io
 from ecformer_jax.data.synthetic import synthetic_clip
 from ecformer_jax.data.video_io import IMAGE_EXTS, VIDEO_EXTS, VideoError
+from ecformer_jax.paths import is_remote
 
 LAYOUTS = ("auto", "frames", "zip", "videos", "tfds", "synthetic")
 
@@ -296,6 +297,9 @@ def open_source(data_cfg) -> VideoSource:
         raise ValueError(f"unknown data layout {layout!r}; expected one of {LAYOUTS}")
     if not path or layout == "synthetic":
         return SyntheticSource(int(data_cfg.synthetic_videos), int(data_cfg.synthetic_length), width, height)
+    if is_remote(path):
+        raise VideoError(f"data path {path}: the data readers open local files only (ArrayRecord's reader too); "
+                         "mount the bucket (Cloud Storage FUSE: gcsfuse BUCKET /gcs/BUCKET) and pass the mounted path")
     root = Path(path).expanduser()
     if not root.exists():
         raise VideoError(f"data path not found: {root}")

@@ -189,3 +189,8 @@ def test_mask_folder_errors(tmp_path, frames_root):
         ClipSampler(src, cfg(frames_root, masks="folder", mask_dir=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="needs data.mask_dir"):
         ClipSampler(src, cfg(frames_root, masks="folder"))
+
+
+def test_remote_data_path_refused_with_advice():
+    with pytest.raises(VideoError, match=r"gs://bucket/youtube-vos.*mount the bucket"):
+        datasets.open_source(data_config(path="gs://bucket/youtube-vos", width=64, height=32))
