@@ -33,12 +33,27 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 def quiet_logging():
     """Below -v 1: only our own INFO lines and everyone's warnings (no jax backend probing, orbax or grain INFO;
-    no matplotlib font-cache note)."""
+    no matplotlib font-cache note); other libraries' errors without their tracebacks (a failed checkpoint write
+    reaches our one-line error), and no 'Event loop is closed' tracebacks (the reads and writes orbax leaves
+    running after one of them failed)."""
     if logging.get_verbosity() >= logging.DEBUG:
         return
-    logging.get_absl_handler().addFilter(
-        lambda r: r.levelno >= std_logging.WARNING or r.pathname.startswith(_PACKAGE))
+    handler = logging.get_absl_handler()
+    handler.addFilter(lambda r: r.levelno >= std_logging.WARNING or r.pathname.startswith(_PACKAGE))
+    handler.addFilter(_without_foreign_traceback)
     std_logging.getLogger("matplotlib").setLevel(std_logging.ERROR)
+    default_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else default_hook(u)
+
+
+def _without_foreign_traceback(record) -> bool:
+    if not record.pathname.startswith(_PACKAGE):
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+def _closed_loop(error) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
 def run(argv):

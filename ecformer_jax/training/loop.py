@@ -106,7 +106,7 @@ def train(config, workdir: epath.PathLike, task, stop_after: int | None = None):
     start = int(jax.device_get(state.step))
     end = config.num_steps if stop_after is None else min(config.num_steps, start + stop_after)
     bar = tqdm(total=config.num_steps, initial=start, disable=not lead, desc=config.model.name, unit="step")
-    t0, s0 = time.perf_counter(), start
+    t0, s0, stopped = time.perf_counter(), start, None
     try:
         for step in range(start, end):
             batch = shd.global_batch(next(iterator), mesh)
@@ -132,15 +132,18 @@ def train(config, workdir: epath.PathLike, task, stop_after: int | None = None):
                 check_finite(state)
                 ckpt.save(done, state, iterator, force=True)
             if stopping:
-                ckpt.wait()
-                logging.warning("SIGTERM: stopped after step %d, its checkpoint is in %s; the same command "
-                                "continues from there", done, ckpt.directory)
+                stopped = done
                 break
     finally:
         bar.close()
-        ckpt.close()
-        writer.close()
-        stop.close()
+        try:
+            ckpt.close()  # waits for the last save to commit
+        finally:
+            writer.close()
+            stop.close()
+    if stopped is not None:
+        logging.warning("SIGTERM: stopped after step %d, its checkpoint is committed in %s; the same command "
+                        "continues from there", stopped, ckpt.directory)
     return state
 
 
