@@ -150,27 +150,23 @@ def plan(points: int, seed: int, steps: int, checkpoint_every: int, sigterm: int
 
 
 def _moment(point: dict, workdir: Path, metrics: Metrics, first_row: int, stale: set, proc) -> bool:
-    """Wait for the point's moment in this attempt (rows from `first_row` on; temporary folders not in `stale`,
-    those a killed attempt left for the restart to clean); False if the process ended first."""
+    """Wait for the point's moment in this attempt (rows from `first_row` on; temporary folders of this attempt:
+    those in `stale`, left by a killed attempt, count only once they have gone and come back); False if the
+    process ended first."""
     while proc.poll() is None:
+        writing = in_progress(workdir)
+        stale &= {p.name for p in writing}  # cleaned up by the restart: a folder of that name is new
         if point["phase"] == "step":
             metrics.poll()
             if any(r["step"] >= point["target"] for r in metrics.rows[first_row:]):
                 return True
         else:
-            for tmp in in_progress(workdir):
-                if (int(tmp.name.split(".")[0]) >= point["target"] and _identity(tmp) not in stale
+            for tmp in writing:
+                if (int(tmp.name.split(".")[0]) >= point["target"] and tmp.name not in stale
                         and (point["phase"] == "save" or data_item(tmp) != "absent")):
                     return True
         time.sleep(0.002)
     return False
-
-
-def _identity(path: Path):
-    try:
-        return path.name, path.stat().st_ctime_ns
-    except FileNotFoundError:
-        return path.name, None
 
 
 def run_with_faults(cmd: list[str], workdir: Path, points: list[dict], env: dict, logs: Path,
@@ -183,14 +179,14 @@ def run_with_faults(cmd: list[str], workdir: Path, points: list[dict], env: dict
     for attempt in range(len(points) + 1):
         point = pending.pop(0) if pending else None
         first_row, before = len(metrics.rows), (committed(workdir) or [0])[-1]
-        stale = {_identity(p) for p in in_progress(workdir)}
+        stale = {p.name for p in in_progress(workdir)}
         with open(logs / f"attempt_{attempt:02d}.log", "w") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                     start_new_session=True)
             fired = point is not None and _moment(point, workdir, metrics, first_row, stale, proc)
             if fired:
                 time.sleep(point["delay_s"])
-                writing = [p.name for p in in_progress(workdir) if _identity(p) not in stale]
+                writing = [p.name for p in in_progress(workdir) if p.name not in stale]
                 os.killpg(proc.pid, getattr(signal, point["signal"]))
             try:
                 rc = proc.wait(timeout=max(1.0, deadline - time.time()))
@@ -209,8 +205,10 @@ def run_with_faults(cmd: list[str], workdir: Path, points: list[dict], env: dict
                 raise RuntimeError(f"attempt {attempt} failed (exit {rc}) without a kill; see {logs}")
             return {"kills": kills, "restarts": attempt, "unused_points": ([point] if point else []) + pending,
                     "torn_metric_lines": metrics.torn}
-        kills.append({**point, "attempt": attempt, "exit": rc, "last_logged": max(new, default=before),
-                      "writing": writing, "data_item": [data_item(workdir / "checkpoints" / n) for n in writing],
+        moment = "checkpoint being written" if writing else "training" if new else "startup (restore, compile)"
+        kills.append({**point, "attempt": attempt, "exit": rc, "moment": moment,
+                      "last_logged": max(new, default=before), "writing": writing,
+                      "data_item": [data_item(workdir / "checkpoints" / n) for n in writing],
                       "newest_committed": (committed(workdir) or [0])[-1]})
     raise AssertionError("unreachable")
 
@@ -251,9 +249,11 @@ def final_state_identical(reference: Path, faulted: Path, step: int) -> bool:
 
 def summary(kills: list[dict]) -> dict:
     lost = [k["steps_lost"] for k in kills if k.get("steps_lost") is not None]
-    return {"kills_fired": len(kills),
+    moments = [k["moment"] for k in kills]
+    items = [d for k in kills for d in k["data_item"]]  # started: the data item's folder made, its JSON not yet
+    return {"kills_fired": len(kills), "kill_moments": {m: moments.count(m) for m in sorted(set(moments))},
             "killed_while_a_checkpoint_was_written": sum(bool(k["writing"]) for k in kills),
-            "killed_while_its_data_state_was_written": sum(any(d != "absent" for d in k["data_item"]) for k in kills),
+            "data_item_at_kill": {d: items.count(d) for d in sorted(set(items))},
             "every_restart_resumed_from_the_newest_committed": all(k.get("resumed_from_newest_committed", True)
                                                                   for k in kills),
             "steps_lost": lost, "steps_lost_max": max(lost, default=0),
