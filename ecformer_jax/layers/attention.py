@@ -64,7 +64,8 @@ def _key_mask(bias, nlead: int, lk: int):
         return None
     b = np.asarray(bias, np.float32)
     b = b.reshape((1,) * max(0, 2 - b.ndim) + b.shape)
-    if b.shape[-2] != 1 or b.ndim - 2 > nlead or not np.all((b == 0) | (b <= MASKED_LOGIT)):
+    if (b.shape[-2] != 1 or b.shape[-1] not in (1, lk) or b.ndim - 2 > nlead
+            or not np.all((b == 0) | (b <= MASKED_LOGIT))):
         return None
     keep = np.broadcast_to(b[..., 0, :] == 0, b.shape[:-2] + (lk,))
     return keep.reshape((1,) * (nlead + 2 - b.ndim) + keep.shape)
@@ -72,7 +73,7 @@ def _key_mask(bias, nlead: int, lk: int):
 
 def _static(scale) -> bool:
     """The kernels take the scale as a compile-time constant."""
-    return scale is None or isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool)
+    return scale is None or (isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool))
 
 
 def _fused_kernel(q, k, v, scale, bias, topk, tile):
@@ -251,6 +252,10 @@ def attend(q, k, v, *, scale: float | None = None, bias=None, topk: int | None =
     memory, the very tensor the kernel avoids, so it takes the XLA path.
     cudnn (GPU): bfloat16 / float16, D a multiple of 8 up to CUDNN_MAX_HEAD_DIM; a bias (in the inputs'
     dtype) needs even Lq and Lk.
+    XLA cannot partition the Pallas kernel, so under a multi-device jit it runs in a shard_map over the mesh
+    that the inputs' shardings name: pass jax Arrays / ShapeDtypeStructs that carry their NamedSharding (as
+    the trainer and tools/aot_compile.py do), not NumPy arrays with `in_shardings`, or use
+    `implementation("xla")`.
     """
     lead, (lq, d), (lk, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     if k.shape[:-2] != lead or v.shape[:-2] != lead or k.shape[-2] != lk or k.shape[-1] != d:
