@@ -9,6 +9,7 @@ from pathlib import Path
 # process or in the subprocesses the tests start
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # two test workers may both compile for a TPU topology
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -26,8 +26,10 @@ import sys
 import time
 
 # This host only compiles: jax runs on its CPU, libtpu only describes the topology (no probing for a TPU VM).
+# Several compiles may run at once (libtpu otherwise takes a machine-wide lock).
 for _k, _v in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-               ("TPU_ACCELERATOR_TYPE", "v5litepod-4"), ("TF_CPP_MIN_LOG_LEVEL", "2")):
+               ("TPU_ACCELERATOR_TYPE", "v5litepod-4"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+               ("TF_CPP_MIN_LOG_LEVEL", "2")):
     os.environ.setdefault(_k, _v)
 
 from absl import app, flags  # noqa: E402

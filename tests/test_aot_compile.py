@@ -1,0 +1,64 @@
+"""tools/aot_compile.py: the trainer's own step compiled for a real TPU topology (v5e 2x2) on this CPU host
+with libtpu (the tpu extra), and its report. One compile of a tiny STTN (about a minute on one core)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import IN_CI, ROOT
+
+TOOL = ROOT / "tools" / "aot_compile.py"
+TINY = """
+from ecformer_jax import configs
+def get_config():
+    c = configs.get_config("sttn:tiny")
+    c.model.overrides.channels = 32
+    c.model.overrides.num_blocks = 1
+    c.model.discriminator = "fuseformer_discriminator"
+    c.data.num_frames = 2
+    return c
+"""
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("aot_compile", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collectives_are_read_from_the_hlo_text():
+    tool = load_tool()
+    hlo = """
+  %all-reduce.1 = (f32[10,4]{1,0}, bf16[8]{0}) all-reduce(f32[10,4]{1,0} %a, bf16[8]{0} %b), replica_groups={}
+  %ag = bf16[16,128]{1,0} all-gather-start(bf16[1,128]{1,0} %c), dimensions={0}
+  %fusion.3 = f32[10]{0} fusion(f32[10]{0} %all-reduce.1), kind=kLoop
+"""
+    assert tool.collectives(hlo) == {"all-reduce": {"count": 1, "bytes": 10 * 4 * 4 + 8 * 2},
+                                     "all-gather": {"count": 1, "bytes": 16 * 128 * 2}}
+
+
+@pytest.mark.slow
+def test_train_step_compiles_for_a_v5e_topology(tmp_path):
+    if not IN_CI:  # in CI the tpu extra is installed (.ci/run): a missing libtpu fails there
+        pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is not installed")
+    cfg = tmp_path / "tiny.py"
+    cfg.write_text(TINY)
+    res = subprocess.run([sys.executable, str(TOOL), "--config", str(cfg), "--topology", "v5e:2x2",
+                          "--dtype", "bfloat16"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["device_kind"].startswith("TPU v5") and report["devices"] == 4
+    assert report["batch"] == 4 and report["per_chip_batch"] == 1  # the config's 2 raised to one clip per chip
+    assert report["dtype"] == "bfloat16" and report["clip"] == [2, 48, 96]
+    mem = report["per_chip_bytes"]
+    # the state is donated: the updated state reuses the input buffers
+    assert mem["aliased"] > 0.95 * mem["outputs"] and mem["temporary"] > 0
+    assert report["fits"] and report["hbm_GiB"] == 16.0 and 0 < report["per_chip_GiB"] < 1
+    assert report["flops_per_step"] == pytest.approx(4 * report["flops_per_chip"]) and report["flops_per_chip"] > 1e9
+    # data parallel: the gradients are summed over the chips, nothing else is communicated
+    assert set(report["collectives"]) == {"all-reduce"}
