@@ -10,6 +10,7 @@ from ecformer_jax.models import (  # noqa: F401
     fuseformer,
     i3d,
     mixers,
+    raft,
     spynet,
     sttn,
     vsr_transformer,

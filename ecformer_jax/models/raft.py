@@ -1,0 +1,564 @@
+"""RAFT optical flow (Teed & Deng, "RAFT: Recurrent All-Pairs Field Transforms for Optical Flow", ECCV 2020), the
+large "raft-things" configuration in the copy ProPainter (sczhou/ProPainter, RAFT/) uses to estimate the flows it
+completes.
+
+    flow_low, flow_up = models.build("raft").apply(variables, image1, image2, iters=20)
+    forward, backward = models.build("raft").apply(variables, clip, iters=20, method="bidirectional")
+
+image1, image2 (B, H, W, 3) RGB in [-1, 1] (ProPainter's copy does not rescale: it is fed u8 / 255 * 2 - 1),
+H and W multiples of 8, at least 64. Returns the official `test_mode=True` pair: flow_low (B, H/8, W/8, 2), the
+flow on the 1/8 grid after the last iteration (coords1 - coords0), and flow_up (B, H, W, 2), its convex
+upsampling (values x8). Channel 0 is the horizontal displacement; both float32 whatever `dtype` is. `iters` (a
+Python int >= 1, static under jit) is the number of refinement iterations (ProPainter: 20). `flow_init`
+(B, H/8, W/8, 2) optionally starts the iterations from a flow, as the official argument does. `bidirectional`
+is ProPainter's RAFT_bi: for a clip (B, T, H, W, 3) the forward flows RAFT(frame t, frame t+1) and backward
+flows RAFT(frame t+1, frame t), each (B, T-1, H, W, 2) (all pairs run as one batch).
+
+Network (all channels-last): feature encoder `fnet` (instance norm) on both images, context encoder `cnet`
+(batch norm, running statistics) on image1 split into tanh(hidden) and relu(context); the all-pairs correlation
+f1 . f2 / sqrt(256) of the 1/8 feature maps with a 4-level 2x2 average-pooling pyramid over image2's axes;
+per iteration a 9x9 bilinear lookup per level around the current match (the window's first axis moves x, as in
+the official code; channel = level * 81 + i * 9 + j, zeros outside), the motion encoder, a separable ConvGRU
+(1x5 then 5x1) and the flow head; after the last iteration the mask head and the convex 8x upsampling.
+
+Correlation (`corr`): "dense" precomputes the whole pyramid, B * (HW/64)^2 * 4 bytes at level 0 (1080p: 4.2 GB
+per pair); "chunked" never builds it: it pools image2's features instead (pooling commutes with the dot
+product) and, `corr_chunk` query pixels at a time, gathers each pixel's 12x12 window of pooled features and
+dots it with the pixel's feature, so memory is O(corr_chunk * 144 * 256) whatever the frame size. "auto" (the
+default) is dense up to DENSE_LIMIT_BYTES of level-0 volume, chunked above. Both sample the same positions
+with the same weights; they differ only by float32 rounding (order of pooling and dot products).
+
+Tap positions are rounded as in the official grid_sample call (bit for bit): the position p is normalised
+as 2p / (S - 1) - 1 and grid_sample (align_corners=True) maps it back with (g + 1) * ((S - 1) / 2). A level of
+extent 1 (1/8 maps 8..15 wide, i.e. frames 64..127 px) makes the official code divide by zero and return NaN;
+here such a level is sampled at p directly.
+
+Intermediates (apply(..., mutable=["intermediates"])), channels-last, named per `INTERMEDIATES` (official module
+path -> ours): fnet_out (2B, h, w, 256: image1 rows then image2 rows), cnet_out, and the FIRST iteration's
+update_block.encoder (motion features), update_block_out (hidden state), update_block.flow_head (delta flow)
+and update_block.mask (mask logits before the 0.25 scale).
+
+Checkpoints: `raft-things.pth` (the DataParallel state_dict: keys `module.fnet.conv1.weight`, ...; the prefix
+is stripped), a bare state_dict, or one whose RAFT keys share another prefix (e.g. `fix_raft.`). Each stride-2
+block's third norm is in the checkpoint twice, as `norm3` and `downsample.1` (one module, two names): either
+is accepted, and when both are present they must be equal. `num_batches_tracked` is optional. RAFT-small and
+non-RAFT checkpoints are refused with a message saying what they are. Eval only (frozen in ProPainter): batch
+norm uses its running statistics, dropout is 0; the training mode's per-iteration flow list is not provided.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecformer_jax.errors import CheckpointError
+from ecformer_jax.layers.checks import check_video
+from ecformer_jax.layers.conv import conv2d
+from ecformer_jax.layers.resize import avg_pool2d
+from ecformer_jax.models.registry import register
+
+CORR_LEVELS = 4
+CORR_RADIUS = 4
+FEATURE_DIM = 256
+HIDDEN_DIM = 128
+CONTEXT_DIM = 128
+NORM_EPS = 1e-5
+DENSE_LIMIT_BYTES = 1 << 30  # corr="auto": dense while the level-0 volume B * N * N * 4 bytes stays below this
+CORR_MODES = ("auto", "dense", "chunked")
+
+# official module path (the fixtures' intermediate names) -> our intermediates key
+INTERMEDIATES = {
+    "fnet": "fnet_out",
+    "cnet": "cnet_out",
+    "update_block.encoder": "update_block.encoder",
+    "update_block": "update_block_out",
+    "update_block.flow_head": "update_block.flow_head",
+    "update_block.mask": "update_block.mask",
+}
+
+_ENCODER_LAYERS = ((64, 1), (96, 2), (128, 2))  # (channels, stride of the first block) of layer1..3
+
+
+# --- encoders ----------------------------------------------------------------------------------------
+def instance_norm(x, eps: float = NORM_EPS):
+    """InstanceNorm2d without affine or running statistics: per sample and channel over H, W (biased var)."""
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = xf.mean(axis=(1, 2), keepdims=True)
+    var = jnp.square(xf - mean).mean(axis=(1, 2), keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class _Norm(nn.Module):
+    kind: str  # "instance" | "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind == "instance":
+            return instance_norm(x)
+        return nn.BatchNorm(use_running_average=True, epsilon=NORM_EPS, momentum=0.9, dtype=self.dtype,
+                            name="bn")(x)
+
+
+class ResidualBlock(nn.Module):
+    """relu(shortcut + relu(norm2(conv2(relu(norm1(conv1(x))))))); stride 2: shortcut = norm3(conv1x1/2(x))."""
+
+    features: int
+    stride: int
+    norm: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        y = conv2d(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(_Norm(self.norm, self.dtype, name="norm1")(y))
+        y = conv2d(self.features, 3, dtype=self.dtype, name="conv2")(y)
+        y = nn.relu(_Norm(self.norm, self.dtype, name="norm2")(y))
+        if self.stride != 1:
+            x = conv2d(self.features, 1, self.stride, dtype=self.dtype, name="downsample")(x)
+            x = _Norm(self.norm, self.dtype, name="norm3")(x)
+        return nn.relu(x + y)
+
+
+class BasicEncoder(nn.Module):
+    """conv 7x7/2 (3->64) + norm + relu, layer1 (64), layer2 (96, /2), layer3 (128, /2), conv 1x1 -> out: 1/8."""
+
+    out_dim: int = FEATURE_DIM
+    norm: str = "instance"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = conv2d(64, 7, 2, dtype=self.dtype, name="conv1")(x.astype(self.dtype))
+        x = nn.relu(_Norm(self.norm, self.dtype, name="norm1")(x))
+        for i, (features, stride) in enumerate(_ENCODER_LAYERS, start=1):
+            x = ResidualBlock(features, stride, self.norm, self.dtype, name=f"layer{i}_0")(x)
+            x = ResidualBlock(features, 1, self.norm, self.dtype, name=f"layer{i}_1")(x)
+        return conv2d(self.out_dim, 1, dtype=self.dtype, name="conv2")(x)
+
+
+# --- update block ------------------------------------------------------------------------------------
+class MotionEncoder(nn.Module):
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, flow, corr):
+        c = lambda f, k, name: conv2d(f, k, dtype=self.dtype, name=name)
+        cor = nn.relu(c(256, 1, "convc1")(corr))
+        cor = nn.relu(c(192, 3, "convc2")(cor))
+        flo = nn.relu(c(128, 7, "convf1")(flow))
+        flo = nn.relu(c(64, 3, "convf2")(flo))
+        out = nn.relu(c(128 - 2, 3, "conv")(jnp.concatenate([cor, flo], axis=-1)))
+        return jnp.concatenate([out, flow], axis=-1)
+
+
+class SepConvGRU(nn.Module):
+    """A ConvGRU step with 1x5 kernels, then one with 5x1 kernels (each z, r, q conv (hidden + input) -> hidden)."""
+
+    hidden: int = HIDDEN_DIM
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, x):
+        for suffix, kernel in (("1", (1, 5)), ("2", (5, 1))):
+            pad = tuple((k // 2, k // 2) for k in kernel)
+            conv = lambda name, kernel=kernel, pad=pad, suffix=suffix: nn.Conv(
+                self.hidden, kernel, padding=pad, dtype=self.dtype, name=name + suffix)
+            hx = jnp.concatenate([h, x], axis=-1)
+            z = nn.sigmoid(conv("convz")(hx))
+            r = nn.sigmoid(conv("convr")(hx))
+            q = jnp.tanh(conv("convq")(jnp.concatenate([r * h, x], axis=-1)))
+            h = (1 - z) * h + z * q
+        return h
+
+
+class FlowHead(nn.Module):
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(conv2d(256, 3, dtype=self.dtype, name="conv1")(x))
+        return conv2d(2, 3, dtype=self.dtype, name="conv2")(x)
+
+
+class UpdateBlock(nn.Module):
+    """BasicUpdateBlock: (net, inp, corr, flow) -> (net, delta_flow, motion features); `mask_logits(net)` is the
+    upsampling-mask head (conv 3x3 -> relu -> conv 1x1 to 9 * 64), before the official 0.25 scale."""
+
+    hidden: int = HIDDEN_DIM
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.encoder = MotionEncoder(self.dtype)
+        self.gru = SepConvGRU(self.hidden, self.dtype)
+        self.flow_head = FlowHead(self.dtype)
+        self.mask_0 = conv2d(256, 3, dtype=self.dtype)
+        self.mask_2 = conv2d(64 * 9, 1, dtype=self.dtype)
+
+    def __call__(self, net, inp, corr, flow):
+        motion = self.encoder(flow.astype(self.dtype), corr.astype(self.dtype))
+        net = self.gru(net, jnp.concatenate([inp, motion], axis=-1))
+        return net, self.flow_head(net), motion
+
+    def mask_logits(self, net):
+        return self.mask_2(nn.relu(self.mask_0(net)))
+
+
+# --- correlation -------------------------------------------------------------------------------------
+def coords_grid(b: int, h: int, w: int):
+    """(B, h, w, 2) float32 pixel grid, [..., 0] = x (column), [..., 1] = y (row)."""
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    return jnp.broadcast_to(jnp.stack([x, y], axis=-1), (b, h, w, 2))
+
+
+def _tap_positions(center, size: int, radius: int):
+    """center (...,) float32 coordinate on one axis of a level of extent `size` -> (..., 2r+1) sample positions
+    as the official grid_sample sees them: center + offset, normalised 2p/(S-1) - 1, unnormalised (g+1)*((S-1)/2)."""
+    p = center[..., None] + jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    if size > 1:
+        # the barriers keep torch's roundings: XLA turns a division by a broadcast scalar into a product with
+        # its reciprocal and folds (g - 1) + 1 into g (last-bit differences in ~25% of the positions otherwise)
+        barrier = jax.lax.optimization_barrier
+        g = barrier(2 * p / barrier(jnp.full(p.shape, size - 1, jnp.float32)) - 1)
+        p = (g + 1) * np.float32((size - 1) / 2)
+    return p
+
+
+def _corners(centers, h: int, w: int, radius: int):
+    """The four bilinear corners of the (2r+1)^2 taps around `centers` (..., 2) (x, y) on an h x w level.
+
+    Returns [(iy, ix, valid, weight)] in grid_sample's order (nw, ne, sw, se), each (..., 2r+1, 2r+1) indexed
+    [i, j] = [x offset, y offset] (the official window's first axis moves x)."""
+    px = _tap_positions(centers[..., 0], w, radius)  # (..., K) along i
+    py = _tap_positions(centers[..., 1], h, radius)  # (..., K) along j
+    x0, y0 = jnp.floor(px), jnp.floor(py)
+    fx, fy = px - x0, py - y0
+    ex, sy = 1 - fx, 1 - fy
+    ix0, iy0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+    out = []
+    for dy, dx, wy, wx in ((0, 0, sy, ex), (0, 1, sy, fx), (1, 0, fy, ex), (1, 1, fy, fx)):
+        ix = (ix0 + dx)[..., :, None]
+        iy = (iy0 + dy)[..., None, :]
+        valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+        out.append((iy, ix, valid, wy[..., None, :] * wx[..., :, None]))
+    return out
+
+
+def _bilinear(values_at, corners, radius: int):
+    """sum over corners of value * weight (zero outside), flattened to (..., (2r+1)^2) with channel i*(2r+1)+j."""
+    out = None
+    for iy, ix, valid, weight in corners:
+        term = values_at(iy, ix) * jnp.where(valid, weight, 0)
+        out = term if out is None else out + term
+    k = 2 * radius + 1
+    return out.reshape(*out.shape[:-2], k * k)
+
+
+def corr_pyramid(fmap1, fmap2, levels: int = CORR_LEVELS):
+    """The dense all-pairs pyramid: [(B, N, h_l, w_l)] with N = h*w query pixels of fmap1 (row-major), level 0 =
+    f1 . f2 / sqrt(C), level l = 2x2 average pooling (floor sizes) of level l-1 over fmap2's axes."""
+    b, h, w, c = fmap1.shape
+    f1 = fmap1.astype(jnp.float32).reshape(b, h * w, c)
+    corr = jnp.einsum("bnc,bhwc->bnhw", f1, fmap2.astype(jnp.float32)) / np.float32(np.sqrt(c))
+    pyramid = [corr]
+    for _ in range(levels - 1):
+        pyramid.append(avg_pool2d(pyramid[-1][..., None], 2, 2)[..., 0])
+    return pyramid
+
+
+def lookup_dense(pyramid, coords, radius: int = CORR_RADIUS):
+    """Correlation features (B, h, w, levels * (2r+1)^2) at coords (B, h, w, 2) (x, y on the level-0 grid)."""
+    b, h, w, _ = coords.shape
+    centers = coords.astype(jnp.float32).reshape(b, h * w, 2)
+    out = []
+    for level, corr in enumerate(pyramid):
+        hl, wl = corr.shape[-2:]
+        flat = corr.reshape(b, h * w, hl * wl)
+
+        def values_at(iy, ix, flat=flat, hl=hl, wl=wl):
+            idx = jnp.clip(iy, 0, hl - 1) * wl + jnp.clip(ix, 0, wl - 1)  # (B, N, K, K)
+            vals = jnp.take_along_axis(flat, idx.reshape(b, h * w, -1), axis=-1)
+            return vals.reshape(idx.shape)
+
+        out.append(_bilinear(values_at, _corners(centers / np.float32(2 ** level), hl, wl, radius), radius))
+    return jnp.concatenate(out, axis=-1).reshape(b, h, w, -1)
+
+
+def feature_pyramid(fmap2, levels: int = CORR_LEVELS):
+    """[(B, h_l, w_l, C)]: fmap2 average-pooled like the correlation volume's image2 axes (float32)."""
+    pyramid = [fmap2.astype(jnp.float32)]
+    for _ in range(levels - 1):
+        pyramid.append(avg_pool2d(pyramid[-1], 2, 2))
+    return pyramid
+
+
+def lookup_chunked(fmap1, feats, coords, radius: int = CORR_RADIUS, chunk: int = 1024):
+    """`lookup_dense(corr_pyramid(fmap1, fmap2), coords)` without the volume: per query pixel, the dot products
+    with a (2r+4)^2 window of the pooled fmap2 features (`feature_pyramid`), `chunk` pixels (over B * h * w)
+    at a time. Memory O(chunk * (2r+4)^2 * C)."""
+    b, h, w, c = fmap1.shape
+    n = b * h * w
+    k = 2 * radius + 4  # covers the taps' corners even when the position round trip moves a floor by one
+    scale = np.float32(np.sqrt(c))
+    f1 = fmap1.astype(jnp.float32).reshape(n, c)
+    centers = coords.astype(jnp.float32).reshape(n, 2)
+    batch = jnp.repeat(jnp.arange(b, dtype=jnp.int32), h * w)
+    chunk = max(1, min(int(chunk), n))
+    pad = -n % chunk
+    if pad:
+        f1 = jnp.pad(f1, ((0, pad), (0, 0)))
+        centers = jnp.pad(centers, ((0, pad), (0, 0)))
+        batch = jnp.pad(batch, (0, pad))
+    flats = [f.reshape(b * f.shape[1] * f.shape[2], c) for f in feats]
+    sizes = [f.shape[1:3] for f in feats]
+    offs = jnp.arange(k, dtype=jnp.int32) - (radius + 1)
+
+    def one_chunk(args):
+        f1c, cc, bc = args  # (P, C), (P, 2), (P,)
+        out = []
+        for level, (flat, (hl, wl)) in enumerate(zip(flats, sizes)):
+            cl = cc / np.float32(2 ** level)
+            ox = jnp.floor(cl[:, 0]).astype(jnp.int32)[:, None] + offs  # (P, k) window columns
+            oy = jnp.floor(cl[:, 1]).astype(jnp.int32)[:, None] + offs  # (P, k) window rows
+            inside = ((oy >= 0) & (oy < hl))[:, :, None] & ((ox >= 0) & (ox < wl))[:, None, :]  # (P, k, k)
+            idx = (bc[:, None, None] * (hl * wl) + jnp.clip(oy, 0, hl - 1)[:, :, None] * wl
+                   + jnp.clip(ox, 0, wl - 1)[:, None, :])
+            window = jnp.take(flat, idx.reshape(-1), axis=0).reshape(-1, k * k, c)
+            corr = jnp.einsum("pc,pkc->pk", f1c, window) / scale
+            corr = jnp.where(inside.reshape(-1, k * k), corr, 0)
+
+            def values_at(iy, ix, corr=corr, oy=oy, ox=ox):
+                ly = jnp.clip(iy - oy[:, :1, None], 0, k - 1)
+                lx = jnp.clip(ix - ox[:, :1, None], 0, k - 1)
+                idx = (ly * k + lx).reshape(ly.shape[0], -1)
+                return jnp.take_along_axis(corr, idx, axis=-1).reshape(jnp.broadcast_shapes(ly.shape, lx.shape))
+
+            out.append(_bilinear(values_at, _corners(cl, hl, wl, radius), radius))
+        return jnp.concatenate(out, axis=-1)
+
+    parts = (f1.reshape(-1, chunk, c), centers.reshape(-1, chunk, 2), batch.reshape(-1, chunk))
+    res = jax.lax.map(one_chunk, parts) if parts[0].shape[0] > 1 else one_chunk(tuple(p[0] for p in parts))[None]
+    return res.reshape(-1, res.shape[-1])[:n].reshape(b, h, w, -1)
+
+
+# --- upsampling --------------------------------------------------------------------------------------
+def upsample_flow(flow, mask, factor: int = 8):
+    """Convex upsampling: flow (B, h, w, 2), mask (B, h, w, 9 * f * f) (channel = tap * f^2 + sub_y * f + sub_x,
+    the 0.25-scaled logits) -> (B, f*h, f*w, 2): per fine pixel a softmax-weighted sum of the 3x3 (zero-padded)
+    neighbourhood of f * flow, tap = ky * 3 + kx."""
+    b, h, w, _ = flow.shape
+    mask = jax.nn.softmax(mask.astype(jnp.float32).reshape(b, h, w, 9, factor, factor), axis=3)
+    padded = jnp.pad(factor * flow.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = jnp.stack([padded[:, ky:ky + h, kx:kx + w] for ky in range(3) for kx in range(3)], axis=3)
+    up = jnp.einsum("bhwkyx,bhwkc->bhywxc", mask, taps, precision=jax.lax.Precision.HIGHEST)
+    return up.reshape(b, factor * h, factor * w, 2)
+
+
+# --- the network -------------------------------------------------------------------------------------
+class RAFT(nn.Module):
+    """Large RAFT as ProPainter builds it (hidden 128, context 128, 4 levels, radius 4, dropout 0); see the
+    module docstring for the call, the correlation modes and the intermediates."""
+
+    corr: str = "auto"  # "auto" | "dense" | "chunked"
+    corr_chunk: int = 1024  # query pixels per step of the chunked lookup
+    dtype: Any = jnp.float32  # encoders and update block; correlation, coordinates and upsampling stay float32
+
+    def _check(self, image1, image2):
+        b, h, w, _ = check_video(image1, "RAFT image1", 3, ndim=4)
+        check_video(image2, "RAFT image2", 3, ndim=4)
+        if tuple(image2.shape) != tuple(image1.shape):
+            raise ValueError(f"RAFT: image1 {tuple(image1.shape)} and image2 {tuple(image2.shape)} must have the "
+                             "same shape")
+        if h % 8 or w % 8 or h < 64 or w < 64:
+            raise ValueError(f"RAFT needs frame sizes that are multiples of 8 and at least 64 (1/8 features with "
+                             f"{CORR_LEVELS} pooled correlation levels); got {h}x{w}")
+        if self.corr not in CORR_MODES:
+            raise ValueError(f"RAFT corr must be one of {CORR_MODES}; got {self.corr!r}")
+        return b, h, w
+
+    def corr_mode(self, batch: int, height: int, width: int) -> str:
+        """'dense' or 'chunked': what `corr` means for frames of this size."""
+        if self.corr != "auto":
+            return self.corr
+        n = (height // 8) * (width // 8)
+        return "dense" if batch * n * n * 4 <= DENSE_LIMIT_BYTES else "chunked"
+
+    @nn.compact
+    def __call__(self, image1, image2, iters: int = 20, flow_init=None):
+        b, h, w = self._check(image1, image2)
+        iters = int(iters)
+        if iters < 1:
+            raise ValueError(f"RAFT iters must be >= 1; got {iters}")
+        h8, w8 = h // 8, w // 8
+        fmaps = BasicEncoder(FEATURE_DIM, "instance", self.dtype, name="fnet")(
+            jnp.concatenate([image1, image2], axis=0))
+        self.sow("intermediates", "fnet_out", fmaps)
+        fmap1, fmap2 = fmaps[:b], fmaps[b:]
+        context = BasicEncoder(HIDDEN_DIM + CONTEXT_DIM, "batch", self.dtype, name="cnet")(image1)
+        self.sow("intermediates", "cnet_out", context)
+        net = jnp.tanh(context[..., :HIDDEN_DIM])
+        inp = nn.relu(context[..., HIDDEN_DIM:])
+
+        if self.corr_mode(b, h, w) == "dense":
+            pyramid = corr_pyramid(fmap1, fmap2)
+            lookup = lambda coords: lookup_dense(pyramid, coords)
+        else:
+            feats = feature_pyramid(fmap2)
+            lookup = lambda coords: lookup_chunked(fmap1, feats, coords, chunk=self.corr_chunk)
+
+        coords0 = coords_grid(b, h8, w8)
+        coords1 = coords0
+        if flow_init is not None:
+            if tuple(flow_init.shape) != (b, h8, w8, 2):
+                raise ValueError(f"RAFT flow_init must have shape {(b, h8, w8, 2)}; got {tuple(flow_init.shape)}")
+            coords1 = coords1 + flow_init.astype(jnp.float32)
+        block = UpdateBlock(HIDDEN_DIM, self.dtype, name="update_block")
+
+        def step(ub, net, coords1):
+            coords1 = jax.lax.stop_gradient(coords1)  # the official loop detaches the coordinates
+            net, delta, motion = ub(net, inp, lookup(coords1), coords1 - coords0)
+            return net, coords1 + delta.astype(jnp.float32), delta, motion
+
+        net, coords1, delta, motion = step(block, net, coords1)  # the first iteration, recorded
+        self.sow("intermediates", "update_block.encoder", motion)
+        self.sow("intermediates", "update_block_out", net)
+        self.sow("intermediates", "update_block.flow_head", delta)
+        self.sow("intermediates", "update_block.mask", block.mask_logits(net))  # dead code unless recorded
+        if iters > 1:
+            def body(ub, carry, _):
+                net, coords1 = carry
+                net, coords1, _, _ = step(ub, net, coords1)
+                return (net, coords1), None
+
+            scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, length=iters - 1)
+            (net, coords1), _ = scan(block, (net, coords1), None)
+        mask = 0.25 * block.mask_logits(net).astype(jnp.float32)
+        flow_low = coords1 - coords0
+        return flow_low, upsample_flow(flow_low, mask)
+
+    def bidirectional(self, frames, iters: int = 20):
+        """ProPainter's RAFT_bi: frames (B, T, H, W, 3) in [-1, 1] -> (forward, backward) flows (B, T-1, H, W, 2),
+        forward[:, t] = flow_up(frame t -> t+1), backward[:, t] = flow_up(frame t+1 -> t)."""
+        b, t, h, w, _ = check_video(frames, "RAFT bidirectional frames", 3)
+        if t < 2:
+            raise ValueError(f"RAFT bidirectional needs at least 2 frames; got {t}")
+        first = frames[:, :-1].reshape(b * (t - 1), h, w, 3)
+        second = frames[:, 1:].reshape(b * (t - 1), h, w, 3)
+        _, flows = self(jnp.concatenate([first, second]), jnp.concatenate([second, first]), iters)
+        forward, backward = jnp.split(flows.reshape(2, b, t - 1, h, w, 2), 2)
+        return forward[0], backward[0]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+_ANCHOR = "fnet.conv1.weight"
+_BN_ENTRIES = (("weight", "params", "scale"), ("bias", "params", "bias"), ("running_mean", "batch_stats", "mean"),
+               ("running_var", "batch_stats", "var"))
+
+
+def _prefix(sd) -> str:
+    """The common prefix in front of the RAFT keys ('' for a bare state_dict; DataParallel's 'module.' is
+    already gone). CheckpointError when the state_dict is not a (large) RAFT."""
+    hits = sorted({k[: -len(_ANCHOR)] for k in sd.keys() if k == _ANCHOR or k.endswith("." + _ANCHOR)})
+    keys = sorted(sd.keys())
+    if not hits:
+        shown = ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "")
+        raise CheckpointError(f"checkpoint does not match model 'raft': not a RAFT state_dict (no '{_ANCHOR}' "
+                              f"among its {len(keys)} keys: {shown or 'none'})")
+    if len(hits) > 1:
+        raise CheckpointError(f"checkpoint does not match model 'raft': it holds several RAFT networks (key "
+                              f"prefixes {hits}); pass the state_dict of one")
+    return hits[0]
+
+
+def _is_small(sd, p: str) -> bool:
+    """RAFT-small (raft-small.pth): bottleneck encoders with 32 stem channels, no mask head."""
+    return (f"{p}fnet.layer1.0.conv3.weight" in sd or f"{p}update_block.gru.convz.weight" in sd
+            or (f"{p}update_block.encoder.convc1.weight" in sd and f"{p}update_block.mask.0.weight" not in sd))
+
+
+def _norm3(sd, p: str, layer: str, params: dict, stats: dict):
+    """A stride-2 block's third batch norm, registered as both `norm3` and `downsample.1`: either name is
+    accepted; when both are present their values must agree."""
+    params["norm3"], stats["norm3"] = {"bn": {}}, {"bn": {}}
+    for entry, col, ours in _BN_ENTRIES + (("num_batches_tracked", None, None),):
+        names = [f"{p}{layer}.norm3.{entry}", f"{p}{layer}.downsample.1.{entry}"]
+        present = [n for n in names if n in sd]
+        if entry == "num_batches_tracked":
+            for n in present:  # a counter, unused in eval
+                sd.raw(n, np.int64)
+            continue
+        if not present:
+            value = sd.tensor(names[0])  # reported as missing under its norm3 name
+        else:
+            value = sd.tensor(present[0])
+            for other in present[1:]:
+                again = sd.tensor(other)
+                if again.shape != value.shape or not np.array_equal(again, value):
+                    diff = (float(np.max(np.abs(again - value))) if again.shape == value.shape
+                            else f"shapes {value.shape} and {again.shape}")
+                    raise CheckpointError(
+                        f"checkpoint does not match model 'raft': {present[0]} and {other} name the same norm (one "
+                        f"module registered twice) but differ (max |difference| {diff})")
+        (params if col == "params" else stats)["norm3"]["bn"][ours] = value
+
+
+def _encoder_from_torch(sd, p: str, batch_norm: bool):
+    params, stats = {}, {}
+
+    def norm(prefix, params_at, stats_at, name):
+        if not batch_norm:
+            return
+        params_at[name] = {"bn": {"scale": sd.tensor(f"{prefix}.weight"), "bias": sd.tensor(f"{prefix}.bias")}}
+        stats_at[name] = {"bn": {"mean": sd.tensor(f"{prefix}.running_mean"),
+                                 "var": sd.tensor(f"{prefix}.running_var")}}
+        if f"{prefix}.num_batches_tracked" in sd:
+            sd.raw(f"{prefix}.num_batches_tracked", np.int64)
+
+    params["conv1"] = sd.conv(f"{p}conv1")
+    norm(f"{p}norm1", params, stats, "norm1")
+    for i, (_, stride) in enumerate(_ENCODER_LAYERS, start=1):
+        for j in (0, 1):
+            layer, ours = f"{p}layer{i}.{j}", f"layer{i}_{j}"
+            bp, bs = {"conv1": sd.conv(f"{layer}.conv1"), "conv2": sd.conv(f"{layer}.conv2")}, {}
+            norm(f"{layer}.norm1", bp, bs, "norm1")
+            norm(f"{layer}.norm2", bp, bs, "norm2")
+            if j == 0 and stride != 1:
+                bp["downsample"] = sd.conv(f"{layer}.downsample.0")
+                if batch_norm:
+                    _norm3(sd, "", layer, bp, bs)
+            params[ours] = bp
+            if bs:
+                stats[ours] = bs
+    params["conv2"] = sd.conv(f"{p}conv2")
+    return params, stats
+
+
+def from_torch(sd, model: RAFT) -> dict:
+    """Key mapping of the official large RAFT (ProPainter's RAFT/raft.py; raft-things.pth)."""
+    p = _prefix(sd)
+    if _is_small(sd, p):
+        raise CheckpointError("checkpoint does not match model 'raft': it is a RAFT-small checkpoint "
+                              "(raft-small.pth layout); ProPainter and this model use the large 'raft-things' RAFT")
+    fnet, _ = _encoder_from_torch(sd, f"{p}fnet.", batch_norm=False)
+    cnet, cnet_stats = _encoder_from_torch(sd, f"{p}cnet.", batch_norm=True)
+    u = f"{p}update_block."
+    update = {
+        "encoder": {n: sd.conv(f"{u}encoder.{n}") for n in ("convc1", "convc2", "convf1", "convf2", "conv")},
+        "gru": {f"{g}{k}": sd.conv(f"{u}gru.{g}{k}") for k in "12" for g in ("convz", "convr", "convq")},
+        "flow_head": {n: sd.conv(f"{u}flow_head.{n}") for n in ("conv1", "conv2")},
+        "mask_0": sd.conv(f"{u}mask.0"),
+        "mask_2": sd.conv(f"{u}mask.2"),
+    }
+    return {"params": {"fnet": fnet, "cnet": cnet, "update_block": update}, "batch_stats": {"cnet": cnet_stats}}
+
+
+def example_inputs(model: RAFT):
+    x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+    return x, x
+
+
+register("raft", RAFT, from_torch, example_inputs, kind="flow",
+         description="RAFT optical flow, large raft-things configuration as in ProPainter; images in [-1, 1]")
