@@ -7,6 +7,7 @@ from ecformer_jax.models import (  # noqa: F401
     dstt,
     e2fgvi,
     ecformer,
+    flow_completion,
     fuseformer,
     i3d,
     mixers,

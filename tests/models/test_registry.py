@@ -48,7 +48,7 @@ def test_kinds_tasks_and_models_without_protocol():
         entry = models.get(name)
         assert entry.task is None and entry.protocol is None and entry.discriminator is None, name
     assert models.get("sttn_discriminator").wrappers == registry.DISCRIMINATOR_WRAPPERS
-    assert models.names("flow") == models.names(Kind.FLOW) == ["raft", "spynet"]
+    assert models.names("flow") == models.names(Kind.FLOW) == ["raft", "recurrent_flow_completion", "spynet"]
 
 
 def test_register_refuses_unknown_kinds_and_incomplete_generators():
