@@ -47,3 +47,64 @@ def test_parity(parity_dir, record_property):
     record_property("worst_ratio", ratios[worst])
     print(f"\n[parity] recurrent_flow_completion: worst ratio {ratios[worst]:.2e} ({worst}); "
           + ", ".join(f"{k.split('/', 1)[1]} {v:.1e}" for k, v in ratios.items()))
+
+
+def test_params_and_converter_refusals(parity_dir):
+    import pytest
+
+    from ecformer_jax import convert
+    from ecformer_jax.convert.weight_rule import state_dict_from_fixture
+
+    model = models.build("recurrent_flow_completion")
+    shapes = jax.eval_shape(lambda: models.init(model, "recurrent_flow_completion"))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes)) == 5_079_555  # spec section 1
+    npz, _ = parity.load(parity_dir, "recurrent_flow_completion")
+    sd = state_dict_from_fixture(npz)
+    assert len(sd) == 74
+    with pytest.raises(convert.CheckpointError, match="RAFT optical-flow checkpoint"):
+        convert.from_torch("recurrent_flow_completion", {"module.fnet.conv1.weight": np.zeros((64, 3, 7, 7))})
+    generator = {"transformers.transformer.0.norm1.weight": np.zeros(512),
+                 "feat_prop_module.deform_align.backward_1.weight": np.zeros((128, 256, 3, 3))}
+    with pytest.raises(convert.CheckpointError, match="ProPainter InpaintGenerator"):
+        convert.from_torch("recurrent_flow_completion", generator)
+    with pytest.raises(convert.CheckpointError, match="not a RecurrentFlowCompleteNet"):
+        convert.from_torch("recurrent_flow_completion", {"conv.weight": np.zeros((2, 2, 3, 3))})
+    del sd["upsample.2.conv.bias"]
+    with pytest.raises(convert.CheckpointError, match="upsample.2.conv.bias"):
+        convert.from_torch("recurrent_flow_completion", sd)
+
+
+def test_calls_tuples_training_edges_and_bad_input():
+    import pytest
+
+    rng = np.random.default_rng(0)
+    b, t, h, w = 1, 3, 16, 24
+    flows = tuple(rng.standard_normal((b, t - 1, h, w, 2)).astype(np.float32) for _ in range(2))
+    masks = (rng.random((b, t, h, w, 1)) > 0.7).astype(np.float32)
+    model = models.build("recurrent_flow_completion", training=True)
+    eval_model = models.build("recurrent_flow_completion")
+    variables = jax.jit(lambda: models.init(model))()
+
+    @jax.jit
+    def run(variables, flows, masks):
+        pred, edges = model.apply(variables, flows, masks, method="forward_bidirect_flow")
+        # the backward direction is the same network on the time-reversed, hole-zeroed flows
+        again = model.apply(variables, (flows[1] * (1 - masks[:, 1:]))[:, ::-1], masks[:, 1:][:, ::-1])
+        comb = model.apply(variables, flows, pred, masks, method="combine_flow")
+        eval_pred, none = eval_model.apply(variables, flows, masks, method="forward_bidirect_flow")
+        assert none == (None, None)
+        return pred, edges, again, comb, eval_pred
+
+    pred, edges, again, comb, eval_pred = jax.tree_util.tree_map(np.asarray, run(variables, flows, masks))
+    assert isinstance(pred, tuple) and isinstance(edges, tuple) and isinstance(comb, tuple)
+    assert pred[0].shape == pred[1].shape == (b, t - 1, h, w, 2) and edges[1].shape == (b, t - 1, h, w, 1)
+    np.testing.assert_allclose(pred[1], again[0][:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(edges[1], again[1][:, ::-1], atol=1e-6)
+    for c, f, p, m in zip(comb, flows, pred, (masks[:, :-1], masks[:, 1:])):
+        np.testing.assert_array_equal(c, np.where(m > 0, p, f))
+    np.testing.assert_allclose(eval_pred[0], pred[0], atol=1e-6)
+    bad = jax.ShapeDtypeStruct
+    with pytest.raises(ValueError, match="multiples of 8"):
+        jax.eval_shape(model.apply, variables, bad((1, 2, 12, 24, 2), np.float32), bad((1, 2, 12, 24, 1), np.float32))
+    with pytest.raises(ValueError, match="one more than the flows"):
+        jax.eval_shape(lambda: model.apply(variables, flows, masks[:, :-1], method="forward_bidirect_flow"))
