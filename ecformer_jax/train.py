@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags, logging
 
-from ecformer_jax.configs.flags import define_config_flag
+from ecformer_jax.configs import define_config_flag
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and image grids go")

@@ -2,53 +2,33 @@
 with libtpu (the tpu extra), and its report. One compile of a tiny STTN (about a minute on one core)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
+from ecformer_jax.training import aot
 from tests.conftest import IN_CI, ROOT
 
 TOOL = ROOT / "tools" / "aot_compile.py"
-TINY = """
-from ecformer_jax import configs
-def get_config():
-    c = configs.get_config("sttn:tiny")
-    c.model.overrides.channels = 32
-    c.model.overrides.num_blocks = 1
-    c.model.discriminator = "fuseformer_discriminator"
-    c.data.num_frames = 2
-    return c
-"""
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("aot_compile", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_collectives_are_read_from_the_hlo_text():
-    tool = load_tool()
     hlo = """
   %all-reduce.1 = (f32[10,4]{1,0}, bf16[8]{0}) all-reduce(f32[10,4]{1,0} %a, bf16[8]{0} %b), replica_groups={}
   %ag = bf16[16,128]{1,0} all-gather-start(bf16[1,128]{1,0} %c), dimensions={0}
   %fusion.3 = f32[10]{0} fusion(f32[10]{0} %all-reduce.1), kind=kLoop
 """
-    assert tool.collectives(hlo) == {"all-reduce": {"count": 1, "bytes": 10 * 4 * 4 + 8 * 2},
+    assert aot.collectives(hlo) == {"all-reduce": {"count": 1, "bytes": 10 * 4 * 4 + 8 * 2},
                                      "all-gather": {"count": 1, "bytes": 16 * 128 * 2}}
 
 
 @pytest.mark.slow
-def test_train_step_compiles_for_a_v5e_topology(tmp_path):
+def test_train_step_compiles_for_a_v5e_topology():
     if not IN_CI:  # in CI the tpu extra is installed (.ci/run): a missing libtpu fails there
         pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is not installed")
-    cfg = tmp_path / "tiny.py"
-    cfg.write_text(TINY)
-    res = subprocess.run([sys.executable, str(TOOL), "--config", str(cfg), "--topology", "v5e:2x2",
+    res = subprocess.run([sys.executable, str(TOOL), "--config", "sttn:micro", "--topology", "v5e:2x2",
                           "--dtype", "bfloat16"], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 
@@ -34,21 +33,7 @@ for _k, _v in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORK
 
 from absl import app, flags  # noqa: E402
 
-from ecformer_jax.configs.flags import define_config_flag  # noqa: E402
-
-GiB = 1 << 30
-# generation: (HBM bytes, peak bf16 FLOP/s) per JAX device, from the Cloud TPU system-architecture pages. The
-# compile-only v4 topology exposes each of a chip's two TensorCores as a device (a v4 chip: 32 GiB, 275 TFLOP/s);
-# v5e, v5p and v6e give one device per chip.
-CHIPS = {
-    "v4": (16 * GiB, 137.5e12),
-    "v5e": (16 * GiB, 197e12),
-    "v5p": (95 * GiB, 459e12),
-    "v6e": (32 * GiB, 918e12),
-}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
-          "f64": 8, "s64": 8, "u64": 8}
+from ecformer_jax.configs import define_config_flag  # noqa: E402
 
 _CONFIG = define_config_flag()
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU generation:chips, e.g. v5e:4x4, v4:2x2x4, v5p:2x2x2")
@@ -56,6 +41,8 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "infer"], "the train step o
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (train) or crops per call (infer, VSR); "
                               "default: the config's, at least one clip per chip")
 _DTYPE = flags.DEFINE_string("dtype", None, "compute dtype (float32 | bfloat16); default: the config's")
+_PEAK = flags.DEFINE_integer("peak", 0, "also list the N largest buffers live at the compiled program's peak "
+                             "(XLA's memory-usage report of the default memory space)")
 _SIZE = flags.DEFINE_string("size", None, "infer: the video size WxH (default: the model's processing size)")
 _ATTENTION = flags.DEFINE_enum("attention", "auto", ["auto", "xla", "flash"],
                                "attention kernel: auto (fused where it fits) or xla (the logits materialised)")
@@ -65,59 +52,11 @@ def topology_devices(name: str):
     from jax.experimental import topologies
 
     generation = name.split(":", 1)[0]
+    from ecformer_jax.training.aot import CHIPS
+
     if generation not in CHIPS:
         raise app.UsageError(f"--topology {name!r}: generation must be one of {', '.join(CHIPS)}")
     return generation, topologies.get_topology_desc(name, "tpu").devices
-
-
-def collectives(hlo: str) -> dict:
-    """{op: {"count": n, "bytes": result bytes}} of the collective ops in an HLO module's text."""
-    out = {}
-    for line in hlo.splitlines():
-        m = re.search(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
-        if not m:
-            continue
-        shapes = re.findall(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]", m.group(1))
-        size = sum(_BYTES[t] * _prod(d) for t, d in shapes)
-        entry = out.setdefault(m.group(2), {"count": 0, "bytes": 0})
-        entry["count"] += 1
-        entry["bytes"] += size
-    return out
-
-
-def _prod(dims: str) -> int:
-    n = 1
-    for d in filter(None, dims.split(",")):
-        n *= int(d)
-    return n
-
-
-def report(compiled, generation: str, num_devices: int, what: dict, seconds: float) -> dict:
-    hbm, peak = CHIPS[generation]
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    args, outs = mem.argument_size_in_bytes, mem.output_size_in_bytes
-    temp, alias = mem.temp_size_in_bytes, mem.alias_size_in_bytes
-    total = args + outs - alias + temp
-    flops = float(cost.get("flops", 0.0))
-    return {
-        **what,
-        "devices": num_devices,
-        "per_chip_bytes": {"arguments": args, "outputs": outs, "aliased": alias, "temporary": temp,
-                           "generated_code": mem.generated_code_size_in_bytes, "total": total},
-        "per_chip_GiB": round(total / GiB, 3),
-        "hbm_GiB": hbm / GiB,
-        "fits": total <= hbm,
-        "margin_GiB": round((hbm - total) / GiB, 3),
-        "flops_per_chip": flops,
-        "flops_per_step": flops * num_devices,
-        "tflop_per_chip": round(flops / 1e12, 3),
-        "roofline_s": round(flops / peak, 4),
-        "bytes_accessed_per_chip": float(cost.get("bytes accessed", 0.0)),
-        "collectives": collectives(compiled.as_text()),
-        "compile_s": round(seconds, 1),
-    }
 
 
 def compile_train(config, devices, batch):
@@ -181,8 +120,15 @@ def run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from ecformer_jax.layers import attention, tiling
+    from ecformer_jax.training import aot
 
     config = _CONFIG.value
+    dump = None
+    if _PEAK.value:  # before jax is imported: XLA reads its flags once
+        import tempfile
+
+        dump = tempfile.mkdtemp(prefix="aot-dump-")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}").strip()
     if _DTYPE.value:
         with config.unlocked():
             config.dtype = _DTYPE.value
@@ -195,7 +141,12 @@ def run(argv):
             compiled, n, what = compile_infer(config, devices[0], _BATCH.value, _SIZE.value)
     seconds = time.perf_counter() - t0
     out = {"topology": _TOPOLOGY.value, "device_kind": devices[0].device_kind, "attention": _ATTENTION.value,
-           **report(compiled, generation, n, what, seconds)}
+           **aot.report(compiled, generation, n, what, seconds)}
+    if dump:
+        import shutil
+
+        out["peak"] = aot.peak_buffers(dump, _PEAK.value)
+        shutil.rmtree(dump, ignore_errors=True)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

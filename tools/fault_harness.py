@@ -38,11 +38,7 @@ TINY = """from ecformer_jax import configs
 
 
 def get_config():
-    c = configs.get_config("sttn:tiny")
-    c.model.overrides.channels = 32
-    c.model.overrides.num_blocks = 1
-    c.model.discriminator = "fuseformer_discriminator"
-    c.data.num_frames = 2
+    c = configs.get_config("sttn:micro")
     c.batch_size = 1
     c.num_steps = {steps}
     c.checkpoint_every = {checkpoint_every}

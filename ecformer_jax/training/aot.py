@@ -10,12 +10,16 @@ abstract values only: nothing is initialised or run, so a CPU host can compile f
 """
 from __future__ import annotations
 
+import os
+import re
+
 import jax
 
 from ecformer_jax.training import sharding as shd
 from ecformer_jax.training.state import jit_step
 
-__all__ = ["abstract_train_step", "compile_train_step", "global_batch_size"]
+__all__ = ["abstract_train_step", "compile_train_step", "global_batch_size", "report", "collectives", "peak_buffers",
+           "CHIPS"]
 
 
 def global_batch_size(config, num_devices: int, batch: int | None = None) -> int:
@@ -47,3 +51,86 @@ def compile_train_step(config, task, mesh):
     """The compiled train step (jax.stages.Compiled) for `mesh`'s devices."""
     step, state, batch = abstract_train_step(config, task, mesh)
     return step.lower(state, batch).compile()
+
+
+# --- what the compiled program says ---------------------------------------------------------------------
+GiB = 1 << 30
+# generation: (HBM bytes, peak bf16 FLOP/s) per JAX device, from the Cloud TPU system-architecture pages. The
+# compile-only v4 topology exposes each of a chip's two TensorCores as a device (a v4 chip: 32 GiB, 275 TFLOP/s);
+# v5e, v5p and v6e give one device per chip.
+CHIPS = {
+    "v4": (16 * GiB, 137.5e12),
+    "v5e": (16 * GiB, 197e12),
+    "v5p": (95 * GiB, 459e12),
+    "v6e": (32 * GiB, 918e12),
+}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+          "f64": 8, "s64": 8, "u64": 8}
+
+
+def collectives(hlo: str) -> dict:
+    """{op: {"count": n, "bytes": result bytes}} of the collective ops in an HLO module's text."""
+    out = {}
+    for line in hlo.splitlines():
+        m = re.search(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+        if not m:
+            continue
+        shapes = re.findall(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]", m.group(1))
+        size = sum(_BYTES[t] * _prod(d) for t, d in shapes)
+        entry = out.setdefault(m.group(2), {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += size
+    return out
+
+
+def _prod(dims: str) -> int:
+    n = 1
+    for d in filter(None, dims.split(",")):
+        n *= int(d)
+    return n
+
+
+def peak_buffers(dump_dir: str, n: int) -> dict:
+    """{"total_bytes", "largest": [[bytes, shapes], ...]} from the memory-usage report XLA dumped for the main
+    program (the largest module compiled)."""
+    import glob
+
+    files = glob.glob(os.path.join(dump_dir, "*memory-usage-report.txt"))
+    if not files:
+        return {}
+    text = open(max(files, key=os.path.getsize)).read()
+    section = text.split("Memory Space: default", 1)[-1]
+    total = int(re.search(r"Total bytes: (\d+)", section).group(1))
+    rows = re.findall(r"^\s*[\d.]+\w*B\(\s*\d+%\);\s*([\d.]+)(\w*B);\s*\d+;\s*\d+;\s*(.+)$", section, re.M)
+    unit = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    return {"total_bytes": total,
+            "largest": [[int(float(v) * unit[u]), shapes.strip()] for v, u, shapes in rows[:n]]}
+
+
+def report(compiled, generation: str, num_devices: int, what: dict, seconds: float) -> dict:
+    hbm, peak = CHIPS[generation]
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    args, outs = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    temp, alias = mem.temp_size_in_bytes, mem.alias_size_in_bytes
+    total = args + outs - alias + temp
+    flops = float(cost.get("flops", 0.0))
+    return {
+        **what,
+        "devices": num_devices,
+        "per_chip_bytes": {"arguments": args, "outputs": outs, "aliased": alias, "temporary": temp,
+                           "generated_code": mem.generated_code_size_in_bytes, "total": total},
+        "per_chip_GiB": round(total / GiB, 3),
+        "hbm_GiB": hbm / GiB,
+        "fits": total <= hbm,
+        "margin_GiB": round((hbm - total) / GiB, 3),
+        "flops_per_chip": flops,
+        "flops_per_step": flops * num_devices,
+        "tflop_per_chip": round(flops / 1e12, 3),
+        "roofline_s": round(flops / peak, 4),
+        "bytes_accessed_per_chip": float(cost.get("bytes accessed", 0.0)),
+        "collectives": collectives(compiled.as_text()),
+        "compile_s": round(seconds, 1),
+    }

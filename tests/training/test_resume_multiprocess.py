@@ -25,10 +25,7 @@ STEPS = 4
 CONFIG = """
 from ecformer_jax import configs
 def get_config():
-    c = configs.get_config("sttn:tiny")
-    c.model.overrides.channels = 32
-    c.model.overrides.num_blocks = 1
-    c.model.discriminator = "fuseformer_discriminator"
+    c = configs.get_config("sttn:micro")
     c.num_steps = {steps}
     c.batch_size = 4
     c.log_every = 1
