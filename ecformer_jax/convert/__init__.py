@@ -237,7 +237,7 @@ def read_checkpoint(path: epath.PathLike, model: str | None = None, expect: str 
         if model is not None and model != name:
             raise CheckpointError(f"{path} holds a {what} '{name}' checkpoint, not '{model}'; leave the model name "
                                   "out to use the checkpoint's")
-        _entry(name, expect)
+        model_entry(name, expect)
         overrides = {k: _tuples(v) for k, v in overrides.items()}
         check_variables(name, _expected(_build(name, overrides, None), name), variables)
         return name, overrides, variables, source
@@ -250,13 +250,13 @@ def read_checkpoint(path: epath.PathLike, model: str | None = None, expect: str 
 
         raise ValueError(f"--model is required with a .pth checkpoint ({path})"
                          + (f"; one of {', '.join(models.names(expect))}" if expect else ""))
-    entry = _entry(model, expect)
+    entry = model_entry(model, expect)
     state_dict = unwrap(load_torch_file(path), entry.wrappers)
     overrides = {**options_from_state_dict(model, state_dict), **(options or {})}
     return model, overrides, from_torch(model, state_dict, **overrides), str(path)
 
 
-def _entry(name: str, expect: str | None):
+def model_entry(name: str, expect: str | None):
     """The registry entry of `name`; ValueError for an unknown model or one of another kind than `expect`."""
     from ecformer_jax import models
 

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         overrides = convert.parse_overrides(args.option)
         # cheap checks first: the model name, the output; then the checkpoint
         if args.model is not None:
-            convert._entry(args.model, None)
+            convert.model_entry(args.model, None)
         output = video_io.output_path(args.output)
         if output.exists() and not args.overwrite:
             raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
@@ -54,12 +54,10 @@ def main(argv=None) -> int:
                                                                          options=overrides)
         except convert.CheckpointError as e:
             raise naming(e, args.checkpoint) from None
-        # written next to the output (or locally for a remote one) and swapped in whole at the end
-        with video_io.atomic_output(output, replace=True) as tmp:
-            convert.save(tmp, name, variables, overrides, source=source, overwrite=True)
+        # atomic: a temporary folder renamed into place (on gs://, the metadata file written last marks it complete)
+        path = convert.save(output, name, variables, overrides, source=source, overwrite=args.overwrite)
     except (*USER_ERRORS, KeyError, TypeError) as e:  # one line, status 2, no traceback
         return report(e)
-    path = output if video_io.is_remote(output) else output.absolute()
     import jax
 
     leaves = jax.tree.leaves(variables.get("params", {}))

@@ -20,6 +20,7 @@ import numpy as np
 
 from ecformer_jax.data import video_io
 from ecformer_jax.errors import CheckpointError, naming
+from ecformer_jax.paths import is_remote
 
 SIDE_BY_SIDE_SUFFIX = "_side_by_side"
 _FRAME_NAME = re.compile(r"^\d{5}\.png$")
@@ -55,7 +56,7 @@ def check_checkpoint(checkpoint, model_name: str | None, expect: str) -> None:
     if isinstance(checkpoint, convert.Resolved):
         return
     if model_name is not None:
-        convert._entry(model_name, expect)  # unknown / wrong kind: the loader's own message
+        convert.model_entry(model_name, expect)  # unknown / wrong kind: the loader's own message
     path = epath.Path(checkpoint)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -68,7 +69,7 @@ def check_checkpoint(checkpoint, model_name: str | None, expect: str) -> None:
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise CheckpointError(f"{path / convert.META}: unreadable ({e})") from None
         try:
-            convert._entry(held, expect)
+            convert.model_entry(held, expect)
         except ValueError as e:
             raise CheckpointError(f"{path} holds a converted '{held}' checkpoint: {e}") from None
 
@@ -110,7 +111,7 @@ def check_outputs(inputs: Path | dict[str, Path] | Iterable[Path], output, overw
         inputs = {f"video {i}" if i else "video": p for i, p in enumerate(inputs)}
     output = video_io.output_path(output)
     for what, path in inputs.items():
-        same = (os.fspath(output) == os.fspath(path) if video_io.is_remote(output) or video_io.is_remote(path)
+        same = (os.fspath(output) == os.fspath(path) if is_remote(output) or is_remote(path)
                 else output.resolve() == Path(path).resolve())
         if same:
             raise ValueError(f"--output {output} is the input {what} itself; choose another path")

@@ -16,6 +16,7 @@ import re
 import jax
 
 from ecformer_jax.training import sharding as shd
+from ecformer_jax.training.checkpoints import abstract_with_shardings
 from ecformer_jax.training.state import jit_step
 
 __all__ = ["abstract_train_step", "compile_train_step", "global_batch_size", "report", "collectives", "peak_buffers",
@@ -39,7 +40,7 @@ def abstract_train_step(config, task, mesh):
     rng = jax.eval_shape(lambda: jax.random.key(config.seed))
     abstract = jax.eval_shape(init, rng, None)
     shardings = shd.state_shardings(abstract, mesh, config.mesh.shard_params)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    state = abstract_with_shardings(abstract, shardings)
     batch_sharding = shd.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
              for k, v in task.batch_spec(config, config.batch_size).items()}

@@ -30,6 +30,7 @@ from absl import logging
 from etils import epath
 
 from ecformer_jax.errors import CheckpointError
+from ecformer_jax.paths import absolute
 
 CONFIG = "config.json"
 UNUSABLE = ".unusable"
@@ -253,13 +254,6 @@ def write_config(workdir: epath.Path, config):
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-def absolute(path: epath.PathLike) -> epath.Path:
-    """A relative local path made absolute (orbax renames its temporary folders); other paths (gs://...)
-    unchanged."""
-    path = epath.Path(path)
-    return path if path.is_absolute() else path.resolve()
-
-
 def abstract_with_shardings(state, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
 

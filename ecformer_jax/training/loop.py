@@ -28,9 +28,10 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from ecformer_jax import convert
+from ecformer_jax.paths import absolute
 from ecformer_jax.training import checkpoints
 from ecformer_jax.training import sharding as shd
-from ecformer_jax.training.checkpoints import Checkpointer, absolute, abstract_with_shardings
+from ecformer_jax.training.checkpoints import Checkpointer, abstract_with_shardings
 from ecformer_jax.training.metrics import MetricWriter
 from ecformer_jax.training.state import NonFiniteError, check_finite, create_state, jit_step
 
