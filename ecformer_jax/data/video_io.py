@@ -378,7 +378,7 @@ def atomic_output(path, replace: bool = False) -> Iterator[Path]:
 
 
 def write_frames(folder: str | os.PathLike, frames: np.ndarray, prefix: str = "", ext: str = ".png") -> Path:
-    """Frames as folder/{prefix}00000{ext}, ... written in place (no temporary; see write_output)."""
+    """Frames as folder/{prefix}00000{ext}, ... written in place (no temporary: wrap it in `atomic_output`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(frames):
@@ -410,16 +410,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 24.0, 
         with iio2.get_writer(tmp, fps=fps, macro_block_size=1, **options) as w:
             for f in frames:
                 w.append_data(f)
-    return output_path(path)
-
-
-def write_output(path: str | os.PathLike, frames: np.ndarray, fps: float = 24.0):
-    """A video file if `path` has a video suffix, else a folder of PNG frames (merged into an existing folder),
-    through `atomic_output`."""
-    if Path(os.fspath(path)).suffix.lower() in VIDEO_EXTS:
-        return write_video(path, frames, fps)
-    with atomic_output(path) as tmp:
-        write_frames(tmp, frames)
     return output_path(path)
 
 
