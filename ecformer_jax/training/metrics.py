@@ -66,9 +66,9 @@ class _JsonLines:
             self._text = path.read_text() if path.exists() else ""
             self._file = None
         else:
-            torn = path.exists() and path.stat().st_size > 0 and not path.read_text().endswith("\n")
+            before = path.read_text() if path.exists() else ""
             self._file = path.open("a")
-            if torn:  # a kill tore the last line: the next row starts on its own line
+            if before and not before.endswith("\n"):  # a kill tore the last line: the next row starts on its own line
                 self._file.write("\n")
 
     def append(self, line: str):
