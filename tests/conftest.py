@@ -41,3 +41,25 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def tennis_dir() -> Path:
     return require(shared_dir("data", "ECFORMER_DATA_DIR") / "tennis", "example clip ../shared/data/tennis")
+
+
+# The longest tests (measured with --durations; seconds on the 2-core CI machine), longest first. xdist's
+# worksteal hands each of the two workers one contiguous half of the collection; the long tests open both
+# halves, alternately, so they start early on both workers instead of ending the run on one of them.
+LONGEST = (
+    "tests/test_protocol_fixture.py::test_e2fgvi_hq_matches_official_test_py",  # 150
+    "tests/training/test_resume_multiprocess.py::test_two_processes_match_one_and_resume_after_sigkill",  # 140
+    "tests/training/test_faults.py::test_train_command_killed_while_saving_and_stopped_by_sigterm_ends_bit_identical",
+    "tests/training/test_step.py::test_train_step_runs_for_generator[e2fgvi_hq]",  # 66
+    "tests/test_aot_compile.py::test_train_step_compiles_for_a_v5e_topology",  # 52
+    "tests/training/test_step.py::test_sharded_step_equals_single_device_step",  # 46
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    longest = sorted((it for it in items if it.nodeid in rank), key=lambda it: rank[it.nodeid])
+    rest = [it for it in items if it.nodeid not in rank]
+    first, second = longest[0::2], longest[1::2]
+    half = len(items) // 2 - len(first)
+    items[:] = first + rest[:half] + second + rest[half:]
