@@ -229,8 +229,6 @@ def final_state_identical(reference: Path, faulted: Path, step: int) -> bool:
     import orbax.checkpoint as ocp
     from absl import logging
 
-    logging.set_verbosity(logging.ERROR)  # orbax's notes on metadata it does not need
-
     def load(workdir):
         path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
         checkpointer = ocp.PyTreeCheckpointer()
@@ -239,7 +237,12 @@ def final_state_identical(reference: Path, faulted: Path, step: int) -> bool:
         restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
         return jax.tree_util.tree_flatten_with_path(restored)[0]
 
-    a, b = load(reference), load(faulted)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax's notes on metadata it does not need; restored after
+    try:
+        a, b = load(reference), load(faulted)
+    finally:
+        logging.set_verbosity(verbosity)
     return [k for k, _ in a] == [k for k, _ in b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
 
 
