@@ -24,8 +24,9 @@ def _setup(c, mesh=None):
     return state, step, mesh
 
 
-# STTN and the generators without official weights (issue 6): each must learn on a fixed synthetic clip
-LEARNERS = ["sttn", "poolformer", "swin", "focal", "ecformer"]
+# The generators without official weights (issue 6): each must learn on a fixed synthetic clip (STTN's
+# training is proven by its parity and the loop, fault and multi-process tests)
+LEARNERS = ["poolformer", "swin", "focal", "ecformer"]
 
 
 @pytest.mark.slow
@@ -72,6 +73,8 @@ def test_every_inpainting_generator_has_a_tiny_config():
 def test_train_step_runs_for_generator(name):
     c = helpers.config(name)
     c.batch_size = 1
+    if c.data.sampling == "local_ref":
+        c.data.num_local = 2  # the fewest local frames the flow loss takes (one pair)
     state, step, mesh = _setup(c)
     before = jax.device_get(state.g_params)
     state, m = step(state, shd.global_batch(helpers.fixed_batch(c), mesh))
