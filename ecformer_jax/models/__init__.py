@@ -11,6 +11,7 @@ from ecformer_jax.models import (  # noqa: F401
     fuseformer,
     i3d,
     mixers,
+    propainter,
     raft,
     spynet,
     sttn,

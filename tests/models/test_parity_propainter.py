@@ -1,0 +1,159 @@
+"""Parity of ProPainter's InpaintGenerator against the official PyTorch fixture: the recorded calls
+`prop_frames, updated_masks = model.img_propagation(masked_local, (flows_forward, flows_backward), masks[:, :5],
+'nearest')` then `frames_out = model(updated_frames, (flows_forward, flows_backward), masks, updated_masks_all,
+num_local_frames=5)` (the second from the stored exact encoding of its inputs), every output and every
+intermediate; the converter's refusals and strictness; batch > 1 with reference frames equals per-sample runs."""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecformer_jax import convert, models
+from ecformer_jax.convert.weight_rule import state_dict_from_fixture
+from ecformer_jax.models.propainter import INTERMEDIATES
+from tests import parity
+
+TOKENS = ("ss", "transformers.transformer.0.attention", "transformers.transformer.0", "transformers.transformer.7")
+
+
+def fixture_inputs(npz):
+    """The recipe, channels-last float32: frames in [-1, 1], masks, flows = numerators / 32, and call (2)'s
+    updated frames / masks from their exact encoding."""
+    frames, masks = parity.inputs(npz)
+    flows = tuple(np.moveaxis(npz[f"input/flows_{d}_q"].astype(np.float32) / np.float32(32), 2, -1)
+                  for d in ("forward", "backward"))
+    updated = npz["input/updated_frames_u8"].astype(np.float32) / 255.0 * 2 - 1
+    updated = np.where(npz["input/updated_zero_u8"][..., None] == 1, np.float32(0), updated).astype(np.float32)
+    updated_masks = npz["input/updated_masks_u8"].astype(np.float32)[..., None]
+    return frames, masks, flows, updated, updated_masks
+
+
+def test_parity(parity_dir, record_property):
+    npz, meta = parity.load(parity_dir, "propainter")
+    assert "model.img_propagation(masked_local, (flows_forward, flows_backward), masks[:, :5], 'nearest')" \
+        in meta["call"]
+    assert "model(updated_frames, (flows_forward, flows_backward), masks, updated_masks_all, num_local_frames=5)" \
+        in meta["call"]
+    lt = int(meta["num_local_frames"])
+    frames, masks, flows, updated, updated_masks = fixture_inputs(npz)
+    variables = parity.convert_fixture(npz, "propainter")
+    model = models.build("propainter")
+
+    @partial(jax.jit, static_argnames="lt")
+    def run(variables, frames, masks, flows, updated, updated_masks, lt):
+        masked_local = frames[:, :lt] * (1 - masks[:, :lt])
+        prop, upd = model.apply(variables, masked_local, flows, masks[:, :lt], "nearest", method="img_propagation")
+        out, state = model.apply(variables, updated, flows, masks, updated_masks, lt, mutable=["intermediates"])
+        return prop, upd, out, state["intermediates"]
+
+    prop, upd, out, inter = run(variables, frames, masks, flows, updated, updated_masks, lt)
+    to_torch = lambda a: np.moveaxis(np.asarray(a), -1, 2)  # noqa: E731  (B, T, H, W, C) -> (B, T, C, H, W)
+    ours = {"output/prop_frames": to_torch(prop), "output/updated_masks": to_torch(upd),
+            "output/frames": to_torch(out)}
+    for official, key in INTERMEDIATES.items():
+        value = inter[key][0]
+        ours[f"intermediate/{official}"] = np.asarray(value) if official in TOKENS else parity.nhwc_to_nchw(value)
+    ratios = parity.compare(npz, meta, ours)
+    worst = max(ratios, key=ratios.get)
+    record_property("worst_ratio", ratios[worst])
+    print(f"\n[parity] propainter: worst ratio {ratios[worst]:.2e} ({worst}); "
+          + ", ".join(f"{k.split('/', 1)[1]} {v:.1e}" for k, v in ratios.items()))
+    # call (1)'s full-resolution results are call (2)'s stored local inputs (the fixture's provenance)
+    composited = frames[:, :lt] * (1 - masks[:, :lt]) + np.asarray(prop) * masks[:, :lt]
+    np.testing.assert_array_equal(np.asarray(upd), updated_masks[:, :lt])
+    assert np.abs(composited - updated[:, :lt]).max() <= 1 / 255 + 1e-6
+
+
+def test_params_and_converter_refusals(parity_dir):
+    model = models.build("propainter")
+    shapes = jax.eval_shape(lambda: models.init(model, "propainter"))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes)) == 39_429_667  # spec section 1
+    npz, _ = parity.load(parity_dir, "propainter")
+    sd = state_dict_from_fixture(npz)
+    assert len(sd) == 216
+    with pytest.raises(convert.CheckpointError, match="RAFT optical-flow checkpoint"):
+        convert.from_torch("propainter", {"module.fnet.conv1.weight": np.zeros((64, 3, 7, 7))})
+    flow_completion = {"downsample.0.weight": np.zeros((32, 3, 1, 5, 5)),
+                       "feat_prop_module.deform_align.backward_.conv_offset.0.weight": np.zeros((128, 384, 3, 3))}
+    with pytest.raises(convert.CheckpointError, match="RecurrentFlowCompleteNet"):
+        convert.from_torch("propainter", flow_completion)
+    with pytest.raises(convert.CheckpointError, match="not a ProPainter InpaintGenerator"):
+        convert.from_torch("propainter", {"conv.weight": np.zeros((2, 2, 3, 3))})
+    # the other two converters refuse this checkpoint, naming it
+    with pytest.raises(convert.CheckpointError, match="ProPainter InpaintGenerator"):
+        convert.from_torch("recurrent_flow_completion", sd)
+    with pytest.raises(convert.CheckpointError, match="not a RAFT"):
+        convert.from_torch("raft", sd)
+    # strict: a missing key, an extra key, a wrong shape, a wrong index table are named
+    for edit, match in ((lambda d: d.pop("sc.bias_conv.bias"), "sc.bias_conv.bias"),
+                        (lambda d: d.update({"extra.weight": np.zeros(3, np.float32)}), "extra.weight"),
+                        (lambda d: d.update({"ss.embedding.bias": np.zeros(256, np.float32)}), "ss.embedding.bias"),
+                        (lambda d: d.update({"transformers.transformer.3.attention.valid_ind_rolled":
+                                             np.arange(148)}), "valid_ind_rolled")):
+        bad = dict(sd)
+        edit(bad)
+        with pytest.raises(convert.CheckpointError, match=match):
+            convert.from_torch("propainter", bad)
+
+
+def _small_clip(rng, b, t, lt, height, width):
+    frames = rng.uniform(-1, 1, (b, t, height, width, 3)).astype(np.float32)
+    masks = np.zeros((b, t, height, width, 1), np.float32)
+    masks[0, :, 4:20, 8:40] = 1  # sample 0: holes in the left window only
+    masks[1, :lt, 12:28, 60:100] = 1  # sample 1: holes in the right window (local frames only)
+    flows = tuple(rng.uniform(-3, 3, (b, lt - 1, height, width, 2)).astype(np.float32) for _ in range(2))
+    updated_masks = masks * (rng.random(masks.shape) > 0.5)
+    return frames * (1 - masks), flows, masks, updated_masks.astype(np.float32)
+
+
+def test_batch_with_references_equals_per_sample():
+    """The official forward fails for B > 1 with reference frames; ours runs it, each sample on its own (also the
+    window selection: the two samples have their holes in different windows). A small configuration keeps it
+    cheap: 2 blocks of 64-d tokens, 48x112 frames (token grid 4x10 -> two 5x9 windows), 2 local + 2 reference."""
+    rng = np.random.default_rng(0)
+    b, t, lt, height, width = 2, 4, 2, 48, 112
+    model = models.build("propainter", hidden=64, heads=2, num_blocks=2, ffn_hidden=49 * 4)
+    frames, flows, masks, updated_masks = _small_clip(rng, b, t, lt, height, width)
+    variables = jax.jit(lambda: model.init(jax.random.key(1), frames[:1], tuple(f[:1] for f in flows), masks[:1],
+                                           updated_masks[:1], lt))()
+    # non-zero offsets, so the alignment depends on its condition
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, a: a + 0.01 if "conv_offset_6" in jax.tree_util.keystr(path) else a, variables)
+
+    @jax.jit
+    def run(variables, frames, flows, masks, updated_masks):
+        out = model.apply(variables, frames, flows, masks, updated_masks, lt)
+        prop = model.apply(variables, frames[:, :lt], flows, masks[:, :lt], method="img_propagation")
+        return out, prop
+
+    out, prop = run(variables, frames, flows, masks, updated_masks)
+    assert out.shape == (b, lt, height, width, 3) and isinstance(prop, tuple) and prop[1].shape == (b, lt, 48, 112, 1)
+    for i in range(b):
+        one = run(variables, frames[i:i + 1], tuple(f[i:i + 1] for f in flows), masks[i:i + 1],
+                  updated_masks[i:i + 1])
+        np.testing.assert_allclose(np.asarray(out[i]), np.asarray(one[0][0]), atol=2e-6)
+        for a, c in zip(prop, one[1]):
+            np.testing.assert_array_equal(np.asarray(a[i]), np.asarray(c[0]))
+
+
+def test_input_checks():
+    model = models.build("propainter")
+    x = jax.ShapeDtypeStruct((1, 3, 16, 16, 3), jnp.float32)
+    m = jax.ShapeDtypeStruct((1, 3, 16, 16, 1), jnp.float32)
+    f = jax.ShapeDtypeStruct((1, 1, 16, 16, 2), jnp.float32)
+    variables = jax.eval_shape(lambda: models.init(model, "propainter"))
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W, 2\)"):
+        jax.eval_shape(lambda: model.apply(variables, x, (f, f), m, m, 3))
+    with pytest.raises(ValueError, match="between 2 and"):
+        jax.eval_shape(lambda: model.apply(variables, x, (f, f), m, m, 1))
+    with pytest.raises(ValueError, match="pair"):
+        jax.eval_shape(lambda: model.apply(variables, x, f, m, method="img_propagation"))
+    with pytest.raises(ValueError, match="t_dilation"):
+        jax.eval_shape(lambda: model.apply(variables, x, (f, f), m, m, 2, "bilinear", 3))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        bad = jax.ShapeDtypeStruct((1, 3, 18, 16, 3), jnp.float32)
+        jax.eval_shape(lambda: model.apply(variables, bad, (f, f), m, m, 2))
