@@ -14,7 +14,7 @@ import pytest
 
 from ecformer_jax import convert, models
 from ecformer_jax.convert.weight_rule import state_dict_from_fixture
-from ecformer_jax.models.propainter import INTERMEDIATES
+from ecformer_jax.models.propainter import INTERMEDIATES, _max_pool, _window_mask
 from tests import parity
 
 TOKENS = ("ss", "transformers.transformer.0.attention", "transformers.transformer.0", "transformers.transformer.7")
@@ -32,15 +32,23 @@ def fixture_inputs(npz):
     return frames, masks, flows, updated, updated_masks
 
 
-def test_parity(parity_dir, record_property):
+@pytest.fixture(scope="module")
+def fixture(parity_dir):
+    """(npz, meta, the rebuilt official state_dict), built once for the module."""
     npz, meta = parity.load(parity_dir, "propainter")
+    return npz, meta, state_dict_from_fixture(npz)
+
+
+def test_parity(fixture, record_property):
+    """Both attention branches are covered: 12 of the fixture's 16 windows are masked, 4 are not."""
+    npz, meta, sd = fixture
     assert "model.img_propagation(masked_local, (flows_forward, flows_backward), masks[:, :5], 'nearest')" \
         in meta["call"]
     assert "model(updated_frames, (flows_forward, flows_backward), masks, updated_masks_all, num_local_frames=5)" \
         in meta["call"]
     lt = int(meta["num_local_frames"])
     frames, masks, flows, updated, updated_masks = fixture_inputs(npz)
-    variables = parity.convert_fixture(npz, "propainter")
+    variables = convert.from_torch("propainter", sd)
     model = models.build("propainter")
 
     @partial(jax.jit, static_argnames="lt")
@@ -68,12 +76,11 @@ def test_parity(parity_dir, record_property):
     assert np.abs(composited - updated[:, :lt]).max() <= 1 / 255 + 1e-6
 
 
-def test_params_and_converter_refusals(parity_dir):
+def test_params_and_converter_refusals(fixture):
     model = models.build("propainter")
     shapes = jax.eval_shape(lambda: models.init(model, "propainter"))
     assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes)) == 39_429_667  # spec section 1
-    npz, _ = parity.load(parity_dir, "propainter")
-    sd = state_dict_from_fixture(npz)
+    sd = fixture[2]
     assert len(sd) == 216
     with pytest.raises(convert.CheckpointError, match="RAFT optical-flow checkpoint"):
         convert.from_torch("propainter", {"module.fnet.conv1.weight": np.zeros((64, 3, 7, 7))})
@@ -110,6 +117,19 @@ def _small_clip(rng, b, t, lt, height, width):
     return frames * (1 - masks), flows, masks, updated_masks.astype(np.float32)
 
 
+def _random_variables(model, rng, *example, num_local_frames):
+    """Variables of the weight rule's kind (kernels N(0, 1 / fan_in), scales 1 + 0.1 N, biases 0.1 N) without
+    compiling the init: the deformable offsets are non-zero, so the alignment depends on its condition."""
+    def draw(path, shape):
+        x = rng.standard_normal(shape.shape)
+        if len(shape.shape) >= 2:
+            return (x / np.sqrt(np.prod(shape.shape[:-1]))).astype(np.float32)
+        return (1 + 0.1 * x if jax.tree_util.keystr(path).endswith("'scale']") else 0.1 * x).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *example, num_local_frames)))
+
+
 def test_batch_with_references_equals_per_sample():
     """The official forward fails for B > 1 with reference frames; ours runs it, each sample on its own (also the
     window selection: the two samples have their holes in different windows). A small configuration keeps it
@@ -118,11 +138,11 @@ def test_batch_with_references_equals_per_sample():
     b, t, lt, height, width = 2, 4, 2, 48, 112
     model = models.build("propainter", hidden=64, heads=2, num_blocks=2, ffn_hidden=49 * 4)
     frames, flows, masks, updated_masks = _small_clip(rng, b, t, lt, height, width)
-    variables = jax.jit(lambda: model.init(jax.random.key(1), frames[:1], tuple(f[:1] for f in flows), masks[:1],
-                                           updated_masks[:1], lt))()
-    # non-zero offsets, so the alignment depends on its condition
-    variables = jax.tree_util.tree_map_with_path(
-        lambda path, a: a + 0.01 if "conv_offset_6" in jax.tree_util.keystr(path) else a, variables)
+    variables = _random_variables(model, rng, frames[:1], tuple(f[:1] for f in flows), masks[:1],
+                                  updated_masks[:1], num_local_frames=lt)
+    ds = jnp.asarray(masks[:, :lt, ::4, ::4]).reshape(b * lt, height // 4, width // 4, 1)
+    windows = _window_mask(_max_pool(ds, 7, 3, 3).reshape(b, lt, 4, 10), model.window)
+    np.testing.assert_array_equal(windows, [[True, False], [True, True]])  # window 1: unmasked / masked
 
     @jax.jit
     def run(variables, frames, flows, masks, updated_masks):
@@ -157,3 +177,24 @@ def test_input_checks():
     with pytest.raises(ValueError, match="multiples of 4"):
         bad = jax.ShapeDtypeStruct((1, 3, 18, 16, 3), jnp.float32)
         jax.eval_shape(lambda: model.apply(variables, bad, (f, f), m, m, 2))
+
+
+def test_dtype_training_and_all_local_shapes():
+    """bfloat16 compute keeps float32 outputs; training=True decodes all T frames; num_local_frames=None = all."""
+    x = jax.ShapeDtypeStruct((1, 3, 16, 16, 3), jnp.float32)
+    m = jax.ShapeDtypeStruct((1, 3, 16, 16, 1), jnp.float32)
+    f1, f2 = (jax.ShapeDtypeStruct((1, n, 16, 16, 2), jnp.float32) for n in (1, 2))
+    small = dict(hidden=64, heads=2, num_blocks=2, ffn_hidden=49 * 4)  # tracing 8 full blocks costs seconds
+    variables = jax.eval_shape(lambda: models.init(models.build("propainter", **small), "propainter"))
+    bf16 = models.build("propainter", dtype=jnp.bfloat16, **small)
+    training = models.build("propainter", training=True, **small)
+    shape = lambda model, flows, lt, **kw: jax.eval_shape(  # noqa: E731
+        lambda v, x, f, m: model.apply(v, x, (f, f), m, m, lt, **kw), variables, x, flows, m)
+    out = shape(bf16, f1, 2)
+    assert (out.shape, out.dtype) == ((1, 2, 16, 16, 3), jnp.float32)
+    assert shape(training, f1, 2).shape == (1, 3, 16, 16, 3)
+    assert shape(bf16, f2, None).shape == (1, 3, 16, 16, 3)
+    prop, upd = jax.eval_shape(lambda v, x, f, m: bf16.apply(v, x, (f, f), m, method="img_propagation"),
+                               variables, x, f2, m)
+    assert (prop.shape, prop.dtype, upd.shape, upd.dtype) == ((1, 3, 16, 16, 3), jnp.float32, (1, 3, 16, 16, 1),
+                                                              jnp.float32)
