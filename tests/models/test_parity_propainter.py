@@ -199,3 +199,70 @@ def test_dtype_training_and_all_local_shapes():
                                variables, x, f2, m)
     assert (prop.shape, prop.dtype, upd.shape, upd.dtype) == ((1, 3, 16, 16, 3), jnp.float32, (1, 3, 16, 16, 1),
                                                               jnp.float32)
+
+
+def _official_attention(p, x, mask_pool, frames, heads, window=(5, 9), pool=(4, 4)):
+    """SparseWindowAttention.forward step by step as the official code does it (float64 numpy): pad, window the
+    q/k/v, four torch.roll copies at the positions its masks keep, pooled tokens, then a gather of the masked
+    and of the unmasked windows (data-dependent indices) per sample."""
+    b, t, h, w, c = x.shape
+    (wh, ww), ch = window, c // heads
+    nh, nw = -(-h // wh), -(-w // ww)
+    pad = ((0, 0), (0, 0), (0, nh * wh - h), (0, nw * ww - w))
+    x = np.pad(x, pad + ((0, 0),))
+    lin = lambda a, name: a @ p[name]["kernel"] + p[name]["bias"]  # noqa: E731
+    part = lambda a: a.reshape(b, t, nh, wh, nw, ww, heads, ch).transpose(0, 2, 4, 6, 1, 3, 5, 7).reshape(  # noqa
+        b, nh * nw, heads, t, wh * ww, ch)
+    q, k, v = lin(x, "query"), lin(x, "key"), lin(x, "value")
+    eh, ew = (wh + 1) // 2, (ww + 1) // 2
+    keep = np.ones((4, wh, ww))
+    keep[0, :-eh, :-ew] = keep[1, :-eh, ew:] = keep[2, eh:, :-ew] = keep[3, eh:, ew:] = 0
+    ind = np.flatnonzero(keep.reshape(-1))
+    shifts = ((-eh, -ew), (-eh, ew), (eh, -ew), (eh, ew))
+    rolled = lambda a: np.concatenate([part(np.roll(a, s, axis=(2, 3))) for s in shifts], axis=4)[:, :, :, :, ind]
+    ph, pw = (nh * wh) // pool[0], (nw * ww) // pool[1]
+    xs = x[:, :, :ph * pool[0], :pw * pool[1]].reshape(b, t, ph, pool[0], pw, pool[1], c)
+    pooled = np.einsum("btipjqc,pqc->btijc", xs, p["pool_layer"]["kernel"][:, :, 0]) + p["pool_layer"]["bias"]
+    pooled_part = lambda a: np.broadcast_to(a.reshape(b, 1, t, ph * pw, heads, ch).transpose(0, 1, 4, 2, 3, 5),  # noqa
+                                            (b, nh * nw, heads, t, ph * pw, ch))
+    win_q = part(q)
+    win_k = np.concatenate([part(k), rolled(k), pooled_part(lin(pooled, "key"))], axis=4)
+    win_v = np.concatenate([part(v), rolled(v), pooled_part(lin(pooled, "value"))], axis=4)
+    m = np.pad(mask_pool, pad).reshape(b, -1, nh, wh, nw, ww).max(axis=(3, 5)).reshape(b, -1, nh * nw).sum(1)
+
+    def softmax_attend(qq, kk, vv):
+        s = qq @ np.swapaxes(kk, -1, -2) / np.sqrt(ch)
+        e = np.exp(s - s.max(-1, keepdims=True))
+        return (e / e.sum(-1, keepdims=True)) @ vv
+
+    out = np.zeros_like(win_q)
+    for i in range(b):
+        idx = np.flatnonzero(m[i])
+        if len(idx):
+            keys, values = (a[i, idx][:, :, list(frames)].reshape(len(idx), heads, -1, ch) for a in (win_k, win_v))
+            y = softmax_attend(win_q[i, idx].reshape(len(idx), heads, t * wh * ww, ch), keys, values)
+            out[i, idx] = y.reshape(len(idx), heads, t, wh * ww, ch)
+        idx = np.flatnonzero(m[i] == 0)
+        out[i, idx] = softmax_attend(win_q[i, idx], win_k[i, idx, :, :, :wh * ww], win_v[i, idx, :, :, :wh * ww])
+    out = out.reshape(b, nh, nw, heads, t, wh, ww, ch).transpose(0, 4, 1, 5, 2, 6, 3, 7)
+    return lin(out.reshape(b, t, nh * wh, nw * ww, c)[:, :, :h, :w], "proj")
+
+
+def test_sparse_attention_on_a_padded_grid_matches_the_official_steps():
+    """The fixture's 20x36 token grid is whole windows; here a 7x12 grid (padded to 10x18: padded tokens are keys,
+    the pooled grid 2x4 drops a row and two columns), 3 frames, key frames (1,), windows masked per sample."""
+    from ecformer_jax.models.propainter import SparseWindowAttention
+
+    rng = np.random.default_rng(3)
+    b, t, fh, fw, c, heads = 2, 3, 7, 12, 16, 2
+    x = rng.standard_normal((b, t, fh, fw, c))
+    mask_pool = np.zeros((b, 2, fh, fw))
+    mask_pool[0, 1, 6, 11] = 1  # sample 0: the bottom-right window only
+    mask_pool[1, 0, 0, 0] = mask_pool[1, 0, 6, 0] = 1  # sample 1: both left windows
+    module = SparseWindowAttention(c, heads, (5, 9), (4, 4))
+    variables = _random_variables(module, rng, x.astype(np.float32), np.zeros((b, 4), bool), (1,))
+    ours = jax.jit(lambda v, x, m: module.apply(v, x, _window_mask(m, (5, 9)), (1,)))(
+        variables, x.astype(np.float32), mask_pool.astype(np.float32))
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables["params"])
+    np.testing.assert_allclose(np.asarray(ours), _official_attention(params, x, mask_pool, (1,), heads),
+                               rtol=0, atol=2e-5)
