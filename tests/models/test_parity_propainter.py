@@ -110,8 +110,8 @@ def test_params_and_converter_refusals(fixture):
 def _small_clip(rng, b, t, lt, height, width):
     frames = rng.uniform(-1, 1, (b, t, height, width, 3)).astype(np.float32)
     masks = np.zeros((b, t, height, width, 1), np.float32)
-    masks[0, :, 4:20, 8:40] = 1  # sample 0: holes in the left window only
-    masks[1, :lt, 12:28, 60:100] = 1  # sample 1: holes in the right window (local frames only)
+    masks[0, :, 4:20, 8:40] = 1  # sample 0: holes in the top-left window only
+    masks[1, :lt, 12:28, 60:100] = 1  # sample 1: holes in both top windows (local frames only)
     flows = tuple(rng.uniform(-3, 3, (b, lt - 1, height, width, 2)).astype(np.float32) for _ in range(2))
     updated_masks = masks * (rng.random(masks.shape) > 0.5)
     return frames * (1 - masks), flows, masks, updated_masks.astype(np.float32)
@@ -133,17 +133,17 @@ def _random_variables(model, rng, *example):
 def test_batch_with_references_equals_per_sample():
     """The official forward fails for B > 1 with reference frames; ours runs it, each sample on its own (also the
     window selection: the two samples have their holes in different windows). A small configuration keeps it
-    cheap: one block of 64-d tokens (t_dilation 1), 48x112 frames (token grid 4x10 -> two 5x9 windows), 2 local +
-    2 reference frames."""
+    cheap to compile: one block of 64-d tokens (t_dilation 1), 3x3 soft-split patches with stride 2 (9 fold taps
+    instead of 49), 48x112 frames (token grid 6x14 -> 2x2 windows of 5x9), 2 local + 2 reference frames."""
     rng = np.random.default_rng(0)
     b, t, lt, height, width = 2, 4, 2, 48, 112
-    model = models.build("propainter", hidden=64, heads=2, num_blocks=1, ffn_hidden=49 * 4)
+    model = models.build("propainter", hidden=64, heads=2, num_blocks=1, ffn_hidden=72, kernel=3, stride=2, padding=1)
     frames, flows, masks, updated_masks = _small_clip(rng, b, t, lt, height, width)
     variables = _random_variables(model, rng, frames[:1], tuple(f[:1] for f in flows), masks[:1],
                                   updated_masks[:1], lt, "bilinear", 1)
     ds = jnp.asarray(masks[:, :lt, ::4, ::4]).reshape(b * lt, height // 4, width // 4, 1)
-    windows = _window_mask(_max_pool(ds, 7, 3, 3).reshape(b, lt, 4, 10), model.window)
-    np.testing.assert_array_equal(windows, [[True, False], [True, True]])  # window 1: unmasked / masked
+    windows = _window_mask(_max_pool(ds, 3, 2, 1).reshape(b, lt, 6, 14), model.window)
+    np.testing.assert_array_equal(windows, [[True, False, False, False], [True, True, False, False]])
 
     @jax.jit
     def run(variables, frames, flows, masks, updated_masks):
@@ -185,7 +185,7 @@ def test_dtype_training_and_all_local_shapes():
     x = jax.ShapeDtypeStruct((1, 3, 16, 16, 3), jnp.float32)
     m = jax.ShapeDtypeStruct((1, 3, 16, 16, 1), jnp.float32)
     f1, f2 = (jax.ShapeDtypeStruct((1, n, 16, 16, 2), jnp.float32) for n in (1, 2))
-    small = dict(hidden=64, heads=2, num_blocks=2, ffn_hidden=49 * 4)  # tracing 8 full blocks costs seconds
+    small = dict(hidden=64, heads=2, num_blocks=2, ffn_hidden=72, kernel=3, stride=2, padding=1)  # cheap tracing
     variables = jax.eval_shape(lambda: models.init(models.build("propainter", **small), "propainter"))
     bf16 = models.build("propainter", dtype=jnp.bfloat16, **small)
     training = models.build("propainter", training=True, **small)
