@@ -22,6 +22,15 @@ models (STTN, FuseFormer, DSTT, E2FGVI) run at 432x240 and are resized back (cho
 mirror-padded to the multiple they need and cropped back. The video stays in host memory; one window
 at a time goes to the device, so device memory does not grow with the video's length.
 
+ProPainter (--model propainter) runs the official inference_propainter.py pipeline instead
+(ecformer_jax.inference.propainter): RAFT flows (--raft-iter 20), flow completion and image propagation
+over windows of --subvideo-length 80 frames, then generator windows every --neighbor-length/2 frames with
+references every --ref-stride frames; masks dilated --mask-dilation 4 times; processed at the video's size
+(or --resize / --resize-ratio) rounded down to multiples of 8. Its --checkpoint is the folder holding
+ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth (official files or converted folders of
+propainter / recurrent_flow_completion / raft), or the three paths separated by commas; --dtype bfloat16
+stands for the script's --fp16 (RAFT stays float32).
+
 At the end a side-by-side video (input with the mask in green | result) is written next to the output
 (OUT_side_by_side.mp4) and the frames/s achieved are printed. Existing outputs are never replaced
 without --overwrite; outputs are written to temporaries and moved into place when complete (a gs:// output
@@ -44,10 +53,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ecformer_jax.inpaint", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=None,
-                   help="registered inpainting model (sttn, fuseformer, dstt, e2fgvi, e2fgvi_hq, ...); required "
-                        "with a .pth, a converted folder names its own")
+                   help="registered inpainting model (sttn, fuseformer, dstt, e2fgvi, e2fgvi_hq, ..., propainter); "
+                        "required with a .pth, a converted folder names its own")
     p.add_argument("--checkpoint", required=True,
-                   help="official .pth, a converted checkpoint folder or a training workdir (its latest checkpoint)")
+                   help="official .pth, a converted checkpoint folder or a training workdir (its latest checkpoint); "
+                        "propainter: the folder holding ProPainter.pth, recurrent_flow_completion.pth and "
+                        "raft-things.pth, or the three paths comma-separated")
     p.add_argument("--video", required=True, help="video file or folder of frames")
     p.add_argument("--mask", required=True, help="folder of mask images, one mask image for all frames, or a video")
     p.add_argument("--output", required=True, help="output video file (.mp4, ...) or folder of PNG frames")
@@ -65,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--resize-ratio", type=float, default=1.0,
                    help="scale the video's size for processing (models without a fixed size)")
     p.add_argument("--mask-dilation", type=int, default=None, help="3x3-cross dilations of the masks (official: 4)")
+    p.add_argument("--raft-iter", type=int, default=None, help="propainter: RAFT iterations (official: 20)")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's, else 24)")
     p.add_argument("--no-side-by-side", action="store_true", help="skip the input | result comparison video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,7 +88,7 @@ def main(argv=None) -> int:
                           ref_stride=args.ref_stride, subvideo_length=args.subvideo_length,
                           resize=parse_size(args.resize, "--resize"), resize_ratio=args.resize_ratio,
                           mask_dilation=args.mask_dilation, fps=args.fps, side_by_side=not args.no_side_by_side,
-                          progress=not args.quiet)
+                          progress=not args.quiet, raft_iter=args.raft_iter)
     except USER_ERRORS as e:  # bad input, checkpoint, option or output: one line, status 2, no traceback
         return report(e)
     h, w = summary["size"]

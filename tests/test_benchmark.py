@@ -127,6 +127,13 @@ x = torch.randn(1, 8, 5, 6)
 y = m(x, torch.zeros(1, 2 * 2 * 9, 5, 6), torch.ones(1, 2 * 9, 5, 6))
 ref = torch.nn.functional.conv2d(x, m.weight, m.bias, padding=1)  # zero offsets, unit mask: a plain conv
 assert torch.allclose(y, ref, atol=1e-5), (y - ref).abs().max()
+if torchvision.__doc__ == "stand-in from tools/official_shims.py":  # ProPainter's torchvision.ops / transforms
+    from torchvision.ops import deform_conv2d
+    from torchvision.transforms import Compose
+    y = deform_conv2d(x, torch.zeros(1, 2 * 2 * 9, 5, 6), m.weight, m.bias, (1, 1), (1, 1), (1, 1),
+                      torch.ones(1, 2 * 9, 5, 6))
+    assert torch.allclose(y, ref, atol=1e-5), (y - ref).abs().max()
+    assert Compose([lambda v: v + 1, lambda v: v * 2])(3) == 8
 c = ConvModule(8, 2, 7, padding=3, norm_cfg=None, act_cfg=dict(type='ReLU'))
 assert sorted(c.state_dict()) == ['conv.bias', 'conv.weight'] and (c(x) >= 0).all()
 constant_init(c.conv, val=0, bias=0)

@@ -6,7 +6,10 @@ package cannot be imported:
 
 - `torchvision` (STTN, FuseFormer, DSTT do `import torchvision.models as models` and never use it):
   empty `torchvision` / `torchvision.models` modules. The PyPI torchvision wheel is built against CUDA
-  PyTorch and does not load next to the CPU-only torch build, hence the stub.
+  PyTorch and does not load next to the CPU-only torch build, hence the stub. For ProPainter the stub also
+  has `torchvision.ops.deform_conv2d` (torchvision's signature and offset layout, which is mmcv's: per offset
+  group, per tap (dy, dx); computed by `modulated_deform_conv2d` below) and `torchvision.transforms.Compose`
+  (apply the transforms in order; ProPainter's core/utils.to_tensors builds one).
 - `mmcv` (E2FGVI / E2FGVI-HQ):
   * `mmcv.ops.modulated_deform_conv2d` and `ModulatedDeformConv2d` (the second-order deformable
     alignment of the feature propagation): a pure-PyTorch modulated deformable convolution with mmcv's
@@ -66,6 +69,40 @@ def modulated_deform_conv2d(x, offset, mask, weight, bias=None, stride=1, paddin
     out = torch.einsum("ngckp,gock->ngop", cols, weight.reshape(groups, cout // groups, cin_g, k))
     out = out.reshape(n, cout, ho, wo)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask=None):
+    """torchvision.ops.deform_conv2d: offset groups = offset channels / (2 * kh * kw); mask None = all ones."""
+    import torch
+
+    kh, kw = weight.shape[-2:]
+    deform_groups = offset.shape[1] // (2 * kh * kw)
+    groups = input.shape[1] // weight.shape[1]
+    if mask is None:
+        mask = torch.ones((offset.shape[0], deform_groups * kh * kw) + tuple(offset.shape[-2:]), dtype=input.dtype)
+    return modulated_deform_conv2d(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                                   deform_groups)
+
+
+def _torchvision_modules():
+    class Compose:
+        """torchvision.transforms.Compose: call each transform on the result of the previous one."""
+
+        def __init__(self, transforms):
+            self.transforms = list(transforms)
+
+        def __call__(self, x):
+            for t in self.transforms:
+                x = t(x)
+            return x
+
+    tv = types.ModuleType("torchvision")
+    tv.__doc__ = "stand-in from tools/official_shims.py"
+    tvm, ops, transforms = (types.ModuleType(f"torchvision.{m}") for m in ("models", "ops", "transforms"))
+    ops.deform_conv2d = deform_conv2d
+    transforms.Compose = Compose
+    tv.models, tv.ops, tv.transforms = tvm, ops, transforms
+    return {"torchvision": tv, "torchvision.models": tvm, "torchvision.ops": ops, "torchvision.transforms": transforms}
 
 
 def _mmcv_modules():
@@ -162,10 +199,9 @@ def install(repo_path: str, mmcv: bool = False) -> list[str]:
     if repo_path not in sys.path:
         sys.path.insert(0, repo_path)
     if not _importable("torchvision.models"):
-        tv, tvm = types.ModuleType("torchvision"), types.ModuleType("torchvision.models")
-        tv.models = tvm
-        sys.modules.update({"torchvision": tv, "torchvision.models": tvm})
-        used.append("torchvision: empty stub (imported, unused by the generators)")
+        sys.modules.update(_torchvision_modules())
+        used.append("torchvision: stub (models unused by the generators; ops.deform_conv2d in pure PyTorch; "
+                    "transforms.Compose)")
     if mmcv and not (_importable("mmcv.ops") and _importable("mmcv.cnn") and _importable("mmcv.runner")):
         sys.modules.update(_mmcv_modules())
         used.append("mmcv.ops.ModulatedDeformConv2d / modulated_deform_conv2d: pure PyTorch (grid_sample + matmul)")

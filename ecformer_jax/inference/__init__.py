@@ -2,6 +2,8 @@
 
 protocol.py  the official long-video inpainting protocol (windows, references, blending, compositing) and
              `Inpainter`
+propainter.py  ProPainter's pipeline (RAFT, flow completion, image propagation, generator windows) and
+             `ProPainter`; the inpaint command runs it for --model propainter
 vsr.py       VSR-Transformer's crop protocol and `VSRUpscaler`
 inpaint.py   `inpaint(checkpoint, video, mask, output, ...)`: files in, files out (the inpaint command)
 upscale.py   `upscale(checkpoint, video, output, ...)`: files in, files out (the upscale command)

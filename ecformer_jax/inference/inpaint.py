@@ -58,7 +58,7 @@ def read_masks(path, num_frames: int, size: tuple[int, int], resize: bool = Fals
 def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, dtype=None, neighbor_length=None,
             ref_stride=None, subvideo_length=protocol.SUBVIDEO_LENGTH, resize=None, resize_ratio=1.0,
             mask_dilation=None, fps=None, side_by_side=True, progress=True, track_memory=False, input_size=None,
-            verbose=True) -> dict:
+            verbose=True, raft_iter=None) -> dict:
     """Inpaint the video file / frame folder `video` with the holes of `mask` into `output` (a video file by its
     suffix, or a frame folder); returns a summary dict. Raises ValueError (VideoError, CheckpointError) /
     FileExistsError with a message naming the problem.
@@ -68,7 +68,22 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     neighbor_length // 2 frames over [f - L/2, f + L/2] (default the model's: 10); resize: (H, W) processing
     size or None for the model's rule; input_size: (H, W) to which the video (bicubic) and masks (nearest) are
     resized when read, as the papers' evaluation does (the output has that size). verbose: print the plan.
+
+    ProPainter (--model propainter, or a --checkpoint folder holding ProPainter.pth, or three comma-separated
+    checkpoints) runs its own pipeline, `inference.propainter.inpaint` (raft_iter: its RAFT iterations).
     """
+    from ecformer_jax.inference import propainter
+
+    if propainter.wants_pipeline(checkpoint, model_name):
+        if input_size is not None:
+            raise ValueError("input_size is not supported by the ProPainter pipeline; use resize")
+        return propainter.inpaint(checkpoint, video, mask, output, overwrite=overwrite, dtype=dtype,
+                                  neighbor_length=neighbor_length, ref_stride=ref_stride,
+                                  subvideo_length=subvideo_length, resize=resize, resize_ratio=resize_ratio,
+                                  mask_dilation=mask_dilation, raft_iter=raft_iter, fps=fps,
+                                  side_by_side=side_by_side, progress=progress, verbose=verbose)
+    if raft_iter is not None:
+        raise ValueError("--raft-iter applies to ProPainter (--model propainter) only")
     # cheap checks first: options, model name, checkpoint path, outputs; then the input; then the checkpoint
     video, mask = Path(video), Path(mask)
     if neighbor_length is not None and neighbor_length < 2:

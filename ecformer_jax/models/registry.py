@@ -79,6 +79,9 @@ class ModelEntry:
     discriminator: str | None = None  # the discriminator a training config uses by default
     extra_losses: tuple = ()  # loss terms the trainer adds for this model, e.g. ("flow",)
     options_from_state_dict: Callable | None = None  # (state_dict) -> module options its keys imply
+    # the inference pipeline the inpaint command runs for a network that is not a generator on its own
+    # ('propainter': inference.propainter, RAFT + flow completion + this generator); None for the rest
+    pipeline: str | None = None
 
     @property
     def task(self) -> str | None:
@@ -114,9 +117,10 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register(name: str, module, from_torch, example_inputs, kind: Kind | str, defaults=None, description="",
              inputs=("masked_frames",), outputs=("frames",), size_rule=None, protocol=None, discriminator=None,
-             extra_losses=(), options_from_state_dict=None):
+             extra_losses=(), options_from_state_dict=None, pipeline=None):
     """Register a model. An unknown kind is refused; an inpainting generator must declare its size rule and
-    protocol, and a generator's protocol must agree with its inputs on num_local_frames."""
+    protocol, and a generator's protocol must agree with its inputs on num_local_frames. pipeline: see
+    ModelEntry.pipeline (a model run by a pipeline is not trained or run as a task on its own)."""
     try:
         kind = Kind(kind)
     except ValueError:
@@ -135,7 +139,7 @@ def register(name: str, module, from_torch, example_inputs, kind: Kind | str, de
         raise ValueError(f"model '{name}' is a {kind.value} model: only inpainting generators have a protocol")
     _REGISTRY[name] = ModelEntry(name, module, dict(defaults or {}), from_torch, example_inputs, kind, description,
                                  inputs, outputs, size_rule, protocol, discriminator, tuple(extra_losses),
-                                 options_from_state_dict)
+                                 options_from_state_dict, pipeline)
 
 
 def names(kind: Kind | str | None = None) -> list[str]:
