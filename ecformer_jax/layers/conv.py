@@ -82,6 +82,30 @@ def grouped_concat(x0, a, groups: int):
 
 
 
+class Encoder(nn.Module):
+    """FuseFormer's encoder, shared by E2FGVI, ProPainter and the token-mixer generators: four plain convs
+    (x4 down, 256 channels = x0), then four convs whose input is x0 and the current
+    activation interleaved group by group (groups 2, 4, 8, 1). Output 128 channels."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for i, (features, stride) in enumerate(((64, 2), (64, 1), (128, 2), (256, 1), (384, 1))):
+            x = leaky_relu(conv2d(features, 3, stride, dtype=self.dtype, name=f"conv{i}")(x))
+            if i == 3:
+                x0 = x
+        for i, (features, groups) in enumerate(((512, 2), (384, 4), (256, 8), (128, 1)), start=5):
+            x = grouped_concat(x0, x, groups)
+            x = leaky_relu(conv2d(features, 3, groups=groups, dtype=self.dtype, name=f"conv{i}")(x))
+        return x
+
+
+def encoder_from_torch(sd, prefix: str = "encoder") -> dict:
+    """Key mapping of the official `Encoder` (its nn.ModuleList `layers`: conv, LReLU, conv, ...)."""
+    return {f"conv{i}": sd.conv(f"{prefix}.layers.{2 * i}") for i in range(9)}
+
+
 class Decoder(nn.Module):
     """The inpainting decoder of STTN / FuseFormer / DSTT / E2FGVI: two (bilinear x2 + conv) stages
     back to RGB at 4x the feature resolution. Returns pre-tanh values."""

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from ecformer_jax.layers.conv import normal_init
+from ecformer_jax.layers.resize import upsample_bilinear
 
 
 def grid_size(h: int, w: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
@@ -117,3 +121,31 @@ def overlap_count(output_size: tuple[int, int], kernel: int, stride: int, paddin
         for j in range(nw):
             count[i * stride : i * stride + kernel, j * stride : j * stride + kernel] += 1
     return count[padding : padding + h, padding : padding + w, None]
+
+
+# --- FuseFormer's soft split / soft composition (tokens <-> feature maps, learned) ----------------------------
+def soft_split(module: nn.Module, features, hidden: int, base_size, k: int, s: int, p: int, dtype):
+    """Soft split inside `module`'s compact call: overlapping k x k patches of features (N, h, w, C) ->
+    linear "ss" -> + "pos_emb" (learned for `base_size` frames, bilinearly resized for other sizes).
+    Returns tokens (N, nh, nw, hidden). FuseFormer's; shared with the token-mixer generators."""
+    nh, nw = grid_size(features.shape[1], features.shape[2], k, s, p)
+    nh0, nw0 = grid_size(base_size[0] // 4, base_size[1] // 4, k, s, p)
+    tokens = nn.Dense(hidden, dtype=dtype, kernel_init=normal_init, name="ss")(unfold(features, k, s, p))
+    pos = module.param("pos_emb", normal_init, (nh0, nw0, hidden), jnp.float32)
+    if (nh, nw) != (nh0, nw0):
+        pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
+    return tokens + pos.astype(dtype)
+
+
+def soft_composition(module: nn.Module, tokens, size, channels: int, base_size, k: int, s: int, p: int, dtype):
+    """Soft composition inside `module`'s compact call: tokens (N, nh, nw, hidden) -> linear "sc" to k x k
+    patches -> fold onto the (h, w) = `size` feature map with the overlaps SUMMED -> + per-pixel "sc_bias"
+    (learned for `base_size` frames, bilinearly resized for other sizes). Returns (N, h, w, channels)."""
+    h, w = size
+    bh, bw = base_size[0] // 4, base_size[1] // 4
+    patches = nn.Dense(channels * k * k, dtype=dtype, kernel_init=normal_init, name="sc")(tokens)
+    sc = fold(patches, (h, w), k, s, p)
+    bias = module.param("sc_bias", nn.initializers.zeros, (bh, bw, channels), jnp.float32)
+    if (h, w) != (bh, bw):
+        bias = upsample_bilinear(bias, (h, w), align_corners=False)
+    return sc + bias.astype(dtype)

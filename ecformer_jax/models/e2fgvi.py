@@ -38,7 +38,7 @@ import numpy as np
 
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, normal_init
+from ecformer_jax.layers.conv import Decoder, Encoder, conv2d, decoder_from_torch, encoder_from_torch, normal_init
 from ecformer_jax.layers.deform import SecondOrderDeformableAlignment, deform_align_from_torch
 from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.flow import SPyNet, flow_warp, spynet_from_torch
@@ -46,7 +46,6 @@ from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.layers.windows import FocalPool, TemporalFocalAttention, rolled_ring_indices
-from ecformer_jax.models.fuseformer import Encoder
 from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
 # the official test.py pads frames to multiples of these (the token grid then tiles into 5x9 windows)
@@ -290,7 +289,7 @@ class TemporalFocalBlock(nn.Module):
 
 # --- checkpoint mapping ---------------------------------------------------------------------------
 def from_torch(sd, model: E2FGVI) -> dict:
-    params = {"encoder": {f"conv{i}": sd.conv(f"encoder.layers.{2 * i}") for i in range(9)}}
+    params = {"encoder": encoder_from_torch(sd)}
     params["update_spynet"] = spynet_from_torch(sd, "update_spynet")
     fp = "feat_prop_module"
     prop = {"fusion": sd.conv(f"{fp}.fusion")}

@@ -16,11 +16,10 @@ import jax.numpy as jnp
 
 from ecformer_jax.layers.attention import MultiHeadAttention
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
+from ecformer_jax.layers.conv import Decoder, Encoder, decoder_from_torch, encoder_from_torch
 from ecformer_jax.layers.feedforward import FusionFeedForward
-from ecformer_jax.layers.patches import fold, grid_size, unfold
+from ecformer_jax.layers.patches import grid_size, soft_composition, soft_split
 from ecformer_jax.layers.remat import block_class
-from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
 
@@ -86,24 +85,6 @@ class FuseFormer(nn.Module):
         return jnp.tanh(y).reshape(b, t, height, width, 3)
 
 
-class Encoder(nn.Module):
-    """Four plain convs (x4 down, 256 channels = x0), then four convs whose input is x0 and the current
-    activation interleaved group by group (groups 2, 4, 8, 1). Output 128 channels."""
-
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        for i, (features, stride) in enumerate(((64, 2), (64, 1), (128, 2), (256, 1), (384, 1))):
-            x = leaky_relu(conv2d(features, 3, stride, dtype=self.dtype, name=f"conv{i}")(x))
-            if i == 3:
-                x0 = x
-        for i, (features, groups) in enumerate(((512, 2), (384, 4), (256, 8), (128, 1)), start=5):
-            x = grouped_concat(x0, x, groups)
-            x = leaky_relu(conv2d(features, 3, groups=groups, dtype=self.dtype, name=f"conv{i}")(x))
-        return x
-
-
 class FuseBlock(nn.Module):
     """Pre-norm block: x + MHA(LN(x)); x + F3N(LN(x))."""
 
@@ -125,36 +106,8 @@ class FuseBlock(nn.Module):
 
 
 # --- checkpoint mapping ---------------------------------------------------------------------------
-def soft_split(module: nn.Module, features, hidden: int, base_size, k: int, s: int, p: int, dtype):
-    """Soft split inside `module`'s compact call: overlapping k x k patches of features (N, h, w, C) ->
-    linear "ss" -> + "pos_emb" (learned for `base_size` frames, bilinearly resized for other sizes).
-    Returns tokens (N, nh, nw, hidden). Shared by FuseFormer and the token-mixer generators."""
-    nh, nw = grid_size(features.shape[1], features.shape[2], k, s, p)
-    nh0, nw0 = grid_size(base_size[0] // 4, base_size[1] // 4, k, s, p)
-    tokens = nn.Dense(hidden, dtype=dtype, kernel_init=normal_init, name="ss")(unfold(features, k, s, p))
-    pos = module.param("pos_emb", normal_init, (nh0, nw0, hidden), jnp.float32)
-    if (nh, nw) != (nh0, nw0):
-        pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
-    return tokens + pos.astype(dtype)
-
-
-def soft_composition(module: nn.Module, tokens, size, channels: int, base_size, k: int, s: int, p: int, dtype):
-    """Soft composition inside `module`'s compact call: tokens (N, nh, nw, hidden) -> linear "sc" to k x k
-    patches -> fold onto the (h, w) = `size` feature map with the overlaps SUMMED -> + per-pixel "sc_bias"
-    (learned for `base_size` frames, bilinearly resized for other sizes). Returns (N, h, w, channels)."""
-    h, w = size
-    bh, bw = base_size[0] // 4, base_size[1] // 4
-    patches = nn.Dense(channels * k * k, dtype=dtype, kernel_init=normal_init, name="sc")(tokens)
-    sc = fold(patches, (h, w), k, s, p)
-    bias = module.param("sc_bias", nn.initializers.zeros, (bh, bw, channels), jnp.float32)
-    if (h, w) != (bh, bw):
-        bias = upsample_bilinear(bias, (h, w), align_corners=False)
-    return sc + bias.astype(dtype)
-
-
 def from_torch(sd, model: FuseFormer) -> dict:
-    enc = {f"conv{i}": sd.conv(f"encoder.layers.{2 * i}") for i in range(9)}
-    params = {"encoder": enc}
+    params = {"encoder": encoder_from_torch(sd)}
     for i in range(model.num_blocks):
         p = f"transformer.{i}"
         params[f"block{i}"] = {

@@ -34,13 +34,12 @@ import jax.numpy as jnp
 
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Decoder
+from ecformer_jax.layers.conv import Decoder, Encoder
 from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.mixers import GroupNorm1, PoolMixer, TemporalFocalMixer, VideoSwinMixer
-from ecformer_jax.layers.patches import grid_size
+from ecformer_jax.layers.patches import grid_size, soft_composition, soft_split
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.models import fuseformer
-from ecformer_jax.models.fuseformer import Encoder, soft_composition, soft_split
 from ecformer_jax.models.registry import register
 
 

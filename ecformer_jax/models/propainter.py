@@ -71,14 +71,13 @@ import numpy as np
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.attention import attend, merge_heads, split_heads
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, normal_init
+from ecformer_jax.layers.conv import Decoder, Encoder, conv2d, decoder_from_torch, encoder_from_torch, normal_init
 from ecformer_jax.layers.deform import _dcn_kernel_init, modulated_deform_conv2d
 from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.flow import flow_warp
 from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.resize import resize_nearest, upsample_bilinear
 from ecformer_jax.layers.windows import rolled_ring_indices, rolled_tokens, window_partition, window_reverse
-from ecformer_jax.models.fuseformer import Encoder
 from ecformer_jax.models.registry import register
 
 CHANNELS = 128
@@ -522,7 +521,7 @@ def from_torch(sd, model: InpaintGenerator) -> dict:
                         "backbone_2": sd.conv(f"{fp}.backbone.{branch}.2")}
     wh, ww = model.window
     expected_rolled = rolled_ring_indices(model.window, ((wh + 1) // 2, (ww + 1) // 2))
-    params = {"encoder": {f"conv{i}": sd.conv(f"encoder.layers.{2 * i}") for i in range(9)},
+    params = {"encoder": encoder_from_torch(sd),
               "feat_prop_module": prop, "ss": sd.linear("ss.embedding")}
     for i in range(model.num_blocks):
         p = f"transformers.transformer.{i}"
