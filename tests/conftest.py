@@ -11,6 +11,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # two test workers may both compile for a TPU topology
 
+
+# One persistent XLA compilation cache per test run, shared by both xdist workers (they inherit this process's
+# environment) and by every subprocess the tests start (a resumed or restarted run compiles the same programs
+# again). New for each run and removed at its end: nothing outlives the run, and a run measures what CI measures.
+_CACHE_OWNER = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _CACHE_OWNER:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ecformer-jax-test-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -63,3 +74,10 @@ def pytest_collection_modifyitems(config, items):
     first, second = longest[0::2], longest[1::2]
     half = len(items) // 2 - len(first)
     items[:] = first + rest[:half] + second + rest[half:]
+
+
+def pytest_unconfigure(config):
+    if _CACHE_OWNER:
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
