@@ -12,8 +12,9 @@ state_dicts). The official side is the unmodified `inference_propainter.py`, run
 process (cwd WORKDIR, so its load_file_from_url finds the weights and downloads nothing) with --save_frames; the
 third-party packages it imports but cannot load here come from tools/official_shims.py (torchvision:
 ops.deform_conv2d in pure PyTorch, transforms.Compose). Our side is the inpaint command with --model propainter
-and --checkpoint WORKDIR/weights, writing PNG frames. Both run on the CPU with default options (RAFT 20
-iterations, neighbour length 10, reference stride 10, subvideo 80, mask dilation 4).
+and --checkpoint WORKDIR/weights, writing PNG frames. Both run on the CPU with the same options, by default the
+official ones (RAFT 20 iterations, neighbour length 10, reference stride 10, subvideo 80, mask dilation 4);
+e.g. --subvideo-length 8 --neighbor-length 4 --ref-stride 3 exercises the long-video paths on 20 frames.
 
 Printed: per-frame and overall max |ours - official|, the fraction of exact values inside the dilated holes
 (and off by 1 / 2), whether the outside is identical, and both sides' wall time. The bar (the issue's): within 2
@@ -69,9 +70,11 @@ def copy_first(src: Path, dst: Path, n: int) -> list[str]:
     return [f.name for f in files]
 
 
-def run_official(official: Path, workdir: Path, raft_iter: int) -> float:
+def run_official(official: Path, workdir: Path, options: dict) -> float:
     argv = ["--video", str(workdir / "frames"), "--mask", str(workdir / "masks"), "--output",
-            str(workdir / "official"), "--save_frames", "--raft_iter", str(raft_iter)]
+            str(workdir / "official"), "--save_frames"]
+    for key, value in options.items():
+        argv += [f"--{key}", str(value)]
     code = _RUNNER.format(tools=str(TOOLS), official=str(official), argv=argv,
                           script=str(official / "inference_propainter.py"))
     t0 = time.perf_counter()
@@ -81,13 +84,15 @@ def run_official(official: Path, workdir: Path, raft_iter: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_ours(workdir: Path, raft_iter: int) -> float:
+def run_ours(workdir: Path, options: dict) -> float:
     from ecformer_jax.inpaint import main
 
+    argv = ["--model", "propainter", "--checkpoint", str(workdir / "weights"), "--video", str(workdir / "frames"),
+            "--mask", str(workdir / "masks"), "--output", str(workdir / "ours"), "--no-side-by-side", "--overwrite"]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
     t0 = time.perf_counter()
-    rc = main(["--model", "propainter", "--checkpoint", str(workdir / "weights"), "--video", str(workdir / "frames"),
-               "--mask", str(workdir / "masks"), "--output", str(workdir / "ours"), "--no-side-by-side",
-               "--raft-iter", str(raft_iter), "--overwrite"])
+    rc = main(argv)
     if rc != 0:
         raise SystemExit(f"ecformer_jax.inpaint failed with status {rc}")
     return time.perf_counter() - t0
@@ -125,6 +130,10 @@ def main(argv=None) -> int:
     p.add_argument("--official", required=True, help="checkout of sczhou/ProPainter")
     p.add_argument("--frames", type=int, default=20, help="first N tennis frames")
     p.add_argument("--raft-iter", type=int, default=20)
+    p.add_argument("--subvideo-length", type=int, default=80,
+                   help="e.g. 8 with 20 frames: windowed flow completion / propagation and the ref_num references")
+    p.add_argument("--neighbor-length", type=int, default=10)
+    p.add_argument("--ref-stride", type=int, default=10)
     p.add_argument("--parity-dir", default=str(ROOT.parent / "shared" / "parity"))
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tennis"),
                    help="folder with frames/ and masks/")
@@ -143,14 +152,15 @@ def main(argv=None) -> int:
     n = len(names)
     write_weights(Path(args.parity_dir), workdir / "weights")
 
+    options = {"raft_iter": args.raft_iter, "subvideo_length": args.subvideo_length,
+               "neighbor_length": args.neighbor_length, "ref_stride": args.ref_stride}
     t_official = None
     if not args.skip_official:
-        t_official = run_official(official, workdir, args.raft_iter)
+        t_official = run_official(official, workdir, options)
         print(f"official: {t_official:.1f} s", file=sys.stderr)
-    t_ours = run_ours(workdir, args.raft_iter)
+    t_ours = run_ours(workdir, options)
     report = compare(workdir, n)
-    report.update({"official_seconds": t_official, "ours_seconds": t_ours, "raft_iter": args.raft_iter,
-                   "workdir": str(workdir)})
+    report.update({"official_seconds": t_official, "ours_seconds": t_ours, **options, "workdir": str(workdir)})
     print(json.dumps(report, indent=1))
     ok = report["max_abs_diff"] <= 2 and report["exact_inside"] >= 0.99 and report["outside_identical"]
     print(f"max |ours - official| = {report['max_abs_diff']}, exact inside the holes: {report['exact_inside']:.5f} "
