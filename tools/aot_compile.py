@@ -3,7 +3,7 @@
     pip install -e ".[tpu]"      # libtpu matching the installed jax: it compiles for TPUs without one
     python tools/aot_compile.py --config sttn --topology v5e:4x4 --dtype bfloat16
     python tools/aot_compile.py --config e2fgvi_hq --topology v5e:2x2 --batch 4 --config.model.remat=True
-    python tools/aot_compile.py --config e2fgvi_hq --topology v5e:1x1 --mode infer --size 720x1280
+    python tools/aot_compile.py --config e2fgvi_hq --topology v5e:2x2 --mode infer --size 1280x720
 
 --mode train compiles the trainer's own step (ecformer_jax.training.aot: same task step, shardings and
 donation as `python -m ecformer_jax.train`) over all devices of the topology, with the config's global batch
