@@ -181,6 +181,7 @@ def tennis_small(tennis_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_inpaint_command_end_to_end(weights, tennis_small, tmp_path, capsys):
     out = tmp_path / "result"
     rc = inpaint_main(["--model", "propainter", "--checkpoint", str(weights), "--video",
@@ -199,6 +200,7 @@ def test_inpaint_command_end_to_end(weights, tennis_small, tmp_path, capsys):
     assert (result[holes] != original[holes]).mean() > 0.5  # inside: inpainted
 
 
+@pytest.mark.slow
 def test_chunked_flows_equal_one_raft_call_and_resized_videos_keep_the_outside(weights, tennis_small):
     networks = pp.load_networks(weights)
     frames = video_io.read_frames(tennis_small / "frames")

@@ -130,6 +130,7 @@ def _random_variables(model, rng, *example):
         lambda: model.init(jax.random.key(0), *example)))
 
 
+@pytest.mark.slow
 def test_batch_with_references_equals_per_sample():
     """The official forward fails for B > 1 with reference frames; ours runs it, each sample on its own (also the
     window selection: the two samples have their holes in different windows). A small configuration keeps it
@@ -180,6 +181,7 @@ def test_input_checks():
         jax.eval_shape(lambda: model.apply(variables, bad, (f, f), m, m, 2))
 
 
+@pytest.mark.slow
 def test_dtype_training_and_all_local_shapes():
     """bfloat16 compute keeps float32 outputs; training=True decodes all T frames; num_local_frames=None = all."""
     x = jax.ShapeDtypeStruct((1, 3, 16, 16, 3), jnp.float32)

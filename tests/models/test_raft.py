@@ -182,6 +182,7 @@ def test_input_checks():
         jax.eval_shape(lambda: models.build("raft", corr="sparse").init(jax.random.key(0), x, x))
 
 
+@pytest.mark.slow
 def test_small_frames_dense_chunked_and_bidirectional(variables, clip):
     """64x96 (a 1x1 last level, where the official code divides by zero): finite flows, chunked == dense, and
     `bidirectional` == one call per direction."""
