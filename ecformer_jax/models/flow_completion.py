@@ -358,4 +358,5 @@ def example_inputs(model: RecurrentFlowCompleteNet):
 
 
 register("recurrent_flow_completion", RecurrentFlowCompleteNet, from_torch, example_inputs, kind="flow",
+         trained_by="flow_completion",
          description="ProPainter's recurrent flow completion network (completes flows inside the holes)")

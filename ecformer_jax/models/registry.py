@@ -82,11 +82,19 @@ class ModelEntry:
     # the inference pipeline the inpaint command runs for a network that is not a generator on its own
     # ('propainter': inference.propainter, RAFT + flow completion + this generator); None for the rest
     pipeline: str | None = None
+    # the task that trains a network whose kind is not a task (recurrent_flow_completion: 'flow_completion';
+    # propainter: 'inpainting'); None: trained as its kind's task, or not trained here
+    trained_by: str | None = None
+    # how the inpainting task builds the generator's inputs: 'masked' (generate(masked frames, masks)) or
+    # 'flow_guided' (ProPainter: frozen RAFT flows of the clean local frames completed by the frozen flow
+    # completion network, image propagation, updated masks; see tasks.inpainting)
+    train_inputs: str = "masked"
 
     @property
     def task(self) -> str | None:
-        """'inpainting' | 'super_resolution' for generators, None for everything else."""
-        return self.kind.value if self.kind in TASKS else None
+        """'inpainting' | 'super_resolution' for generators, `trained_by` for the networks it names, None for
+        everything else."""
+        return self.kind.value if self.kind in TASKS else self.trained_by
 
     @property
     def wrappers(self) -> tuple:
@@ -117,10 +125,11 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register(name: str, module, from_torch, example_inputs, kind: Kind | str, defaults=None, description="",
              inputs=("masked_frames",), outputs=("frames",), size_rule=None, protocol=None, discriminator=None,
-             extra_losses=(), options_from_state_dict=None, pipeline=None):
+             extra_losses=(), options_from_state_dict=None, pipeline=None, trained_by=None, train_inputs="masked"):
     """Register a model. An unknown kind is refused; an inpainting generator must declare its size rule and
     protocol, and a generator's protocol must agree with its inputs on num_local_frames. pipeline: see
-    ModelEntry.pipeline (a model run by a pipeline is not trained or run as a task on its own)."""
+    ModelEntry.pipeline (a model run by a pipeline is not run as a task on its own); trained_by, train_inputs:
+    see ModelEntry."""
     try:
         kind = Kind(kind)
     except ValueError:
@@ -139,7 +148,7 @@ def register(name: str, module, from_torch, example_inputs, kind: Kind | str, de
         raise ValueError(f"model '{name}' is a {kind.value} model: only inpainting generators have a protocol")
     _REGISTRY[name] = ModelEntry(name, module, dict(defaults or {}), from_torch, example_inputs, kind, description,
                                  inputs, outputs, size_rule, protocol, discriminator, tuple(extra_losses),
-                                 options_from_state_dict, pipeline)
+                                 options_from_state_dict, pipeline, trained_by, train_inputs)
 
 
 def names(kind: Kind | str | None = None) -> list[str]:

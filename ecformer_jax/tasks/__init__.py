@@ -7,10 +7,10 @@ runner). The trainer (`training.loop.train(config, workdir, task)`) takes one an
 from __future__ import annotations
 
 from ecformer_jax import models
-from ecformer_jax.tasks import inpainting, super_resolution
+from ecformer_jax.tasks import flow_completion, inpainting, super_resolution
 from ecformer_jax.tasks.base import Task
 
-TASKS: dict[str, Task] = {t.name: t for t in (inpainting.TASK, super_resolution.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (inpainting.TASK, super_resolution.TASK, flow_completion.TASK)}
 
 
 def get(name: str) -> Task:
@@ -28,4 +28,4 @@ def for_config(config) -> Task:
     return TASKS[entry.task]
 
 
-__all__ = ["Task", "TASKS", "get", "for_config", "inpainting", "super_resolution"]
+__all__ = ["Task", "TASKS", "get", "for_config", "inpainting", "super_resolution", "flow_completion"]

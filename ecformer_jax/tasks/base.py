@@ -25,5 +25,6 @@ class Task:
     make_train_step: Callable[..., Callable]
     # make_preview(config, built) -> preview(g_params, batch) -> {name: uint8 (H, W, 3) image grid}
     make_preview: Callable[..., Callable]
-    # the inference runner for trained weights (inference.protocol.Inpainter, inference.vsr.VSRUpscaler)
-    runner: type
+    # the inference runner for trained weights (inference.protocol.Inpainter, inference.vsr.VSRUpscaler); None
+    # for a network that only runs inside a pipeline (flow completion: inference.propainter)
+    runner: type | None
