@@ -549,6 +549,7 @@ def example_inputs(model: InpaintGenerator):
 
 
 register("propainter", InpaintGenerator, from_torch, example_inputs, kind="block", pipeline="propainter",
+         trained_by="inpainting", train_inputs="flow_guided", discriminator="fuseformer_discriminator",
          description="ProPainter's InpaintGenerator (ICCV 2023): image propagation (img_propagation) and the "
                      "generator forward (frames, completed flows, masks, updated masks, num_local_frames); "
                      "video inpainting with RAFT and the flow completion network: inference.propainter")

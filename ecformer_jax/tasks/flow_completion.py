@@ -233,17 +233,18 @@ def flow_edges(flows, sigma: float = 2.0, low: float = 0.1, high: float = 0.2):
 
 
 # --- models ------------------------------------------------------------------------------------------------
-def raft_flows(config, init_variables=None, iters: int | None = None):
-    """fn(clip in [-1, 1] (B, T, H, W, 3)) -> (forward, backward) flows of a frozen RAFT."""
-    ckpt = config.loss.raft_checkpoint if "raft_checkpoint" in config.loss else config.model.raft_checkpoint
+def raft_flows(checkpoint: str, iters: int, dtype="float32"):
+    """fn(clip in [-1, 1] (B, T, H, W, 3)) -> (forward, backward) flows (B, T-1, H, W, 2) of a frozen RAFT
+    (`iters` refinement iterations); checkpoint '' = an untrained RAFT, with a warning."""
+    ckpt = checkpoint
     if ckpt:
         variables = convert.resolve(ckpt, model="raft").variables
     else:
         variables = models.init(models.build("raft"), "raft", jax.random.key(1))
         logging.warning("no raft_checkpoint given: the ground-truth flows come from an UNTRAINED RAFT (fine for "
                         "smoke tests, not for real training)")
-    net = models.build("raft", dtype=jnp.dtype(config.dtype))
-    n_iter = int(iters or config.loss.raft_iters)
+    net = models.build("raft", dtype=jnp.dtype(dtype))
+    n_iter = int(iters)
 
     def flows(clip):
         return net.apply(variables, clip, iters=n_iter, method="bidirectional")
@@ -264,7 +265,7 @@ def build(config, init_variables=None) -> Built:
                          f"{config.data.height}x{config.data.width}")
     net = models.build(config.model.name, training=True, dtype=jnp.dtype(config.dtype),
                        **dict(config.model.overrides))
-    return Built(net, raft_flows(config))
+    return Built(net, raft_flows(config.loss.raft_checkpoint, config.loss.raft_iters, config.dtype))
 
 
 def make_init(config, built: Built):

@@ -5,6 +5,15 @@ update (stop-gradient), then the generator update with the updated discriminator
 adversarial weight x GAN loss (+ flow weight x L1 to a frozen SPyNet's flows for models that declare the
 'flow' loss, E2FGVI). Spectral-norm vectors do one power iteration per D forward as in the official
 trainers (D(real), D(fake) for D; D(comp) for G). Adam with step decay at the milestones, for G and D.
+
+Generators whose registry entry has train_inputs='flow_guided' (ProPainter) get the inputs of the official
+ProPainter trainer, built without gradient: a frozen RAFT (model.raft_checkpoint, model.raft_iters) gives the
+flows of the clean local frames, the frozen flow completion network (model.flow_completion_checkpoint)
+completes them inside the local holes (prediction in the holes, RAFT outside), image propagation
+(model.interp_mode) fills the local holes it can reach and updates their masks; the generator (built with
+training=True: it decodes every frame) gets the propagated local frames + masked reference frames, the
+completed flows, the masks and the updated masks. Untrained RAFT / flow completion (with a warning) when no
+checkpoint is given: fine for smoke tests only.
 """
 from __future__ import annotations
 
@@ -133,14 +142,52 @@ class Models(NamedTuple):
     generator: Any
     disc: Any
     flow_targets: Any  # None, or fn(frames in [-1, 1], num_local) -> (forward, backward) flows (E2FGVI)
+    guide: Any = None  # None, or fn(frames, masks, g_params) -> generator apply args ('flow_guided' inputs)
 
 
 def build(config, init_variables=None) -> Models:
     dtype = jnp.dtype(config.dtype)
     remat = {"remat": True} if config.model.get("remat", False) else {}  # blocks recomputed in the backward pass
-    generator = models.build(config.model.name, dtype=dtype, **remat, **dict(config.model.overrides))
+    entry = models.get(config.model.name)
+    guided = entry.train_inputs == "flow_guided"
+    training = {"training": True} if guided else {}  # ProPainter's training mode: every frame decoded
+    generator = models.build(config.model.name, dtype=dtype, **remat, **training, **dict(config.model.overrides))
     disc = models.build(config.model.discriminator, dtype=dtype)
-    return Models(generator, disc, make_flow_targets(config, init_variables))
+    guide = make_flow_guide(config, generator) if guided else None
+    return Models(generator, disc, make_flow_targets(config, init_variables), guide)
+
+
+def make_flow_guide(config, generator):
+    """ProPainter's training inputs (see the module docstring): fn(frames, masks, g_params) -> the generator's
+    apply args (updated frames, (flows_f, flows_b), masks, updated masks, num_local), no gradient."""
+    from ecformer_jax.tasks.flow_completion import raft_flows
+
+    cm = config.model
+    raft = raft_flows(cm.raft_checkpoint, cm.raft_iters, config.dtype)
+    if cm.flow_completion_checkpoint:
+        fc_vars = convert.resolve(cm.flow_completion_checkpoint, model="recurrent_flow_completion").variables
+    else:
+        fc_vars = models.init(models.build("recurrent_flow_completion"), "recurrent_flow_completion",
+                              jax.random.key(2))
+        logging.warning("no model.flow_completion_checkpoint given: the flows are completed by an UNTRAINED flow "
+                        "completion network (fine for smoke tests, not for real training)")
+    fc = models.build("recurrent_flow_completion", dtype=jnp.dtype(config.dtype))
+    nl_cfg = num_local(config)
+
+    def guide(frames, masks, g_params):
+        nl = nl_cfg or frames.shape[1]
+        local, local_masks = frames[:, :nl], masks[:, :nl]
+        masked = frames * (1 - masks)
+        flows = raft(local)
+        pred, _ = fc.apply(fc_vars, flows, local_masks, method="forward_bidirect_flow")
+        flows = fc.apply(fc_vars, flows, pred, local_masks, method="combine_flow")
+        prop, upd = generator.apply({"params": g_params}, masked[:, :nl], flows, local_masks,
+                                    interpolation=cm.interp_mode, method="img_propagation")
+        frames_in = jnp.concatenate([local * (1 - local_masks) + prop * local_masks, masked[:, nl:]], axis=1)
+        masks_upd = jnp.concatenate([upd, masks[:, nl:]], axis=1)
+        return jax.lax.stop_gradient((frames_in, flows, masks, masks_upd)) + (nl,)
+
+    return guide
 
 
 def make_flow_targets(config, init_variables=None):
@@ -190,6 +237,10 @@ def make_init(config, built: Models):
 
 def _init_generator(config, generator, key, frames, masks):
     nl = num_local(config)
+    if models.get(config.model.name).train_inputs == "flow_guided":
+        n = nl or frames.shape[1]
+        flows = jnp.zeros(frames.shape[:1] + (n - 1,) + frames.shape[2:4] + (2,), jnp.float32)
+        return generator.init(key, frames, (flows, flows), masks, masks, n)
     args, kwargs = models.get(config.model.name).call_args(frames, masks, nl if nl is not None else frames.shape[1])
     return generator.init(key, *args, **kwargs)
 
@@ -197,7 +248,7 @@ def _init_generator(config, generator, key, frames, masks):
 # --- the step ----------------------------------------------------------------------------------------------
 def make_train_step(config, built: Models):
     """train_step(state, batch) -> (state, metrics). batch: uint8 frames (B,T,H,W,3), masks (B,T,H,W,1)."""
-    generator, disc, flow_targets = built
+    generator, disc, flow_targets, guide = built
     tx = optimizer(config)
     lr_fn = learning_rate(config)
     name = config.model.name
@@ -219,7 +270,11 @@ def make_train_step(config, built: Models):
         masks = batch["masks"].astype(jnp.float32)
         masked = frames * (1.0 - masks)
 
+        guided = guide(frames, masks, state.g_params) if guide is not None else None
+
         def g_forward(g_params):
+            if guided is not None:
+                return generator.apply({"params": g_params}, *guided).astype(jnp.float32), ()
             pred, extras = models.generate(name, generator, {"params": g_params}, masked.astype(dtype),
                                            masks.astype(dtype), num_local_frames=nl)
             return pred.astype(jnp.float32), (extras.get("flows", ()) if with_flows else ())
@@ -271,15 +326,19 @@ def make_train_step(config, built: Models):
 def make_preview(config, built: Models):
     """preview(g_params, batch) -> {"masked_output_target": grid}: rows of masked input | composited output |
     ground truth for the first samples."""
-    name, generator, nl = config.model.name, built.generator, num_local(config)
-    run = jax.jit(lambda p, masked, masks: models.generate(name, generator, {"params": p}, masked, masks,
-                                                           num_local_frames=nl)[0])
+    name, generator, nl, guide = config.model.name, built.generator, num_local(config), built.guide
+
+    @jax.jit
+    def run(p, frames, masks):
+        if guide is not None:
+            return generator.apply({"params": p}, *guide(frames, masks, p))
+        return models.generate(name, generator, {"params": p}, frames * (1 - masks), masks, num_local_frames=nl)[0]
 
     def preview(g_params, batch):
         frames = batch["frames"].astype(jnp.float32) / 127.5 - 1
         masks = batch["masks"].astype(jnp.float32)
         masked = frames * (1 - masks)
-        out = run(g_params, masked, masks)
+        out = run(g_params, frames, masks)
         comp = frames * (1 - masks) + out * masks
         return {"masked_output_target": image_grid(*jax.device_get((masked, comp, frames)))}
 
