@@ -89,7 +89,7 @@ def test_the_train_command_flag_takes_presets_files_and_overrides(tmp_path):
 
 
 def test_tasks_registry():
-    assert set(tasks.TASKS) == {"inpainting", "super_resolution"}
+    assert set(tasks.TASKS) == {"inpainting", "super_resolution", "flow_completion"}
     c = configs.get_config("sttn:tiny")
     c.model.name = "sttn_discriminator"
     with pytest.raises(ValueError, match="no task trains it"):
