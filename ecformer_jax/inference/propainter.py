@@ -556,15 +556,9 @@ class ProPainter:
         progress(stage, total) -> update(n) or None: called at the start of each stage ('flows', 'completion',
         'propagation', 'inpaint'); update is called with the flows / frames just done."""
         from ecformer_jax.data.masks import dilate
-        from ecformer_jax.inference.protocol import resize_frames, resize_masks
+        from ecformer_jax.inference.protocol import check_video_arrays, resize_frames, resize_masks
 
-        frames, masks = np.asarray(frames), np.asarray(masks)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (N, H, W, 3); got {frames.dtype} {frames.shape}")
-        if masks.ndim == 4 and masks.shape[-1] == 1:
-            masks = masks[..., 0]
-        if masks.shape != frames.shape[:3]:
-            raise ValueError(f"masks {masks.shape} do not match the frames {frames.shape[:3]} in (N, H, W)")
+        frames, masks = check_video_arrays(frames, masks)
         n = len(frames)
         geo = self.plan(n, frames.shape[1:3]).geometry
         stage = progress or (lambda name, total: None)

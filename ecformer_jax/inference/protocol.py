@@ -202,6 +202,19 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                      for m in masks])
 
 
+def check_video_arrays(frames, masks) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, H, W, 3) uint8, masks (N, H, W)) as numpy arrays; masks (N, H, W, 1) are squeezed. A
+    ValueError names what does not fit."""
+    frames, masks = np.asarray(frames), np.asarray(masks)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3); got {frames.dtype} {frames.shape}")
+    if masks.ndim == 4 and masks.shape[-1] == 1:
+        masks = masks[..., 0]
+    if masks.shape != frames.shape[:3]:
+        raise ValueError(f"masks {masks.shape} do not match the frames {frames.shape[:3]} in (N, H, W)")
+    return frames, masks
+
+
 class Blender:
     """Composited uint8 frames; a frame composited again becomes 0.5 * old + 0.5 * new (float32)."""
 
@@ -302,13 +315,7 @@ class Inpainter:
         k was dispatched to the device."""
         from ecformer_jax.data.masks import dilate
 
-        frames, masks = np.asarray(frames), np.asarray(masks)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (N, H, W, 3); got {frames.dtype} {frames.shape}")
-        if masks.ndim == 4 and masks.shape[-1] == 1:
-            masks = masks[..., 0]
-        if masks.shape != frames.shape[:3]:
-            raise ValueError(f"masks {masks.shape} do not match the frames {frames.shape[:3]} in (N, H, W)")
+        frames, masks = check_video_arrays(frames, masks)
         n, height, width, _ = frames.shape
         windows, geo = self.plan(n, (height, width))
         last = last_window(windows, n)
