@@ -61,7 +61,9 @@ LONGEST = (
     "tests/test_protocol_fixture.py::test_e2fgvi_hq_matches_official_test_py",  # 150
     "tests/training/test_resume_multiprocess.py::test_two_processes_match_one_and_resume_after_sigkill",  # 140
     "tests/training/test_faults.py::test_train_command_killed_while_saving_and_stopped_by_sigterm_ends_bit_identical",
+    "tests/training/test_propainter_training.py::test_propainter_loss_goes_down_on_a_fixed_clip",  # 110
     "tests/training/test_step.py::test_train_step_runs_for_generator[e2fgvi_hq]",  # 66
+    "tests/training/test_propainter_training.py::test_flow_completion_loss_goes_down_on_a_fixed_clip",  # 53
     "tests/test_aot_compile.py::test_train_step_compiles_for_a_v5e_topology",  # 52
     "tests/training/test_step.py::test_sharded_step_equals_single_device_step",  # 46
 )
