@@ -57,18 +57,23 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from ecformer_jax.errors import CheckpointError, naming
+from ecformer_jax.inference.propainter_weights import (  # noqa: F401  (FILES, wants_pipeline: re-exported)
+    FILES,
+    Networks,
+    load_networks,
+    locate,
+    wants_pipeline,
+)
 from ecformer_jax.inference.protocol import Geometry, InpaintResult, Window, last_window
 
 # the official script's defaults (its flags: --raft_iter, --subvideo_length, --neighbor_length, --ref_stride,
@@ -83,15 +88,6 @@ PROPAGATION_WINDOW = 100  # image propagation windows: min(100, subvideo_length)
 PROPAGATION_CONTEXT = 10  # ... with 10 frames of context each side
 SIZE_MULTIPLE = 8
 MIN_SIZE = 64  # RAFT's four correlation levels at 1/8
-
-# the three networks: registered name -> the official release file
-FILES = {"propainter": "ProPainter.pth", "recurrent_flow_completion": "recurrent_flow_completion.pth",
-         "raft": "raft-things.pth"}
-# a key that only that network's state_dict has (after any 'module.' prefix)
-_ANCHORS = {"raft": "fnet.conv1.weight",
-            "recurrent_flow_completion": "feat_prop_module.deform_align.backward_.conv_offset.0.weight",
-            "propainter": "transformers.transformer.0.attention.query.weight"}
-
 
 # --- the schedule (host, pure) -------------------------------------------------------------------------------
 def raft_chunk_length(width: int) -> int:
@@ -270,124 +266,6 @@ def generate_window(variables, frames_u8, zero, masks_u8, updated_masks, flows_f
     upd = updated_masks.astype(jnp.float32)[None, ..., None]
     out = model.apply(variables, frames[None], (flows_f[None], flows_b[None]), m, upd, num_local)
     return to_u8(out[0])
-
-
-# --- checkpoints ------------------------------------------------------------------------------------------------
-class Networks(NamedTuple):
-    raft: Any  # convert.Resolved of each network
-    flow_completion: Any
-    generator: Any
-
-
-def _official_names() -> str:
-    return ", ".join(FILES.values())
-
-
-def _identify(path: epath.Path) -> str | None:
-    """Which of the three networks a checkpoint file / converted folder holds (None: none of them)."""
-    import json
-
-    from ecformer_jax import convert
-
-    if path.is_dir():
-        if not convert.is_converted(path):
-            return None
-        try:
-            name = json.loads((path / convert.META).read_text())["model"]
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            raise CheckpointError(f"{path / convert.META}: unreadable ({e})") from None
-        return name if name in FILES else None
-    for name, file in FILES.items():
-        if path.name == file:
-            return name
-    keys = convert.unwrap(convert.load_torch_file(path)).keys()
-    for name, anchor in _ANCHORS.items():
-        if any(k == anchor or k.endswith("." + anchor) for k in keys):
-            return name
-    return None
-
-
-def locate(checkpoint) -> dict[str, epath.Path]:
-    """{network name: path} of the three checkpoints (.pth files or converted folders). checkpoint: a folder
-    holding ProPainter.pth, recurrent_flow_completion.pth and raft-things.pth (or, for any of them, a converted
-    folder of that network inside it), or the three paths separated by commas. CheckpointError naming the missing
-    or unrecognised file."""
-    from ecformer_jax import convert
-
-    text = os.fspath(checkpoint)
-    found: dict[str, epath.Path] = {}
-    if "," in text:
-        where = f"--checkpoint {text}"
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            path = epath.Path(part)
-            if not path.exists():
-                raise CheckpointError(f"checkpoint not found: {path}")
-            name = _identify(path)
-            if name is None:
-                raise CheckpointError(f"{path}: not one of ProPainter's checkpoints ({_official_names()}, or a "
-                                      "converted folder of propainter / recurrent_flow_completion / raft)")
-            if name in found:
-                raise CheckpointError(f"{where}: {found[name]} and {path} are both {name} checkpoints")
-            found[name] = path
-    else:
-        folder = epath.Path(text)
-        where = str(folder)
-        if not folder.exists():
-            raise CheckpointError(f"checkpoint not found: {folder}")
-        if not folder.is_dir() or convert.is_converted(folder):
-            raise CheckpointError(f"{folder}: ProPainter needs three checkpoints; give the folder holding "
-                                  f"{_official_names()} or the three paths separated by commas")
-        for name, file in FILES.items():
-            if (folder / file).is_file():
-                found[name] = folder / file
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            name = _identify(sub)
-            if name is not None and name not in found:
-                found[name] = sub
-    missing = [file for name, file in FILES.items() if name not in found]
-    if missing:
-        raise CheckpointError(f"{where}: no {missing[0]}" + (f" (nor {', '.join(missing[1:])})" if missing[1:] else "")
-                              + f"; ProPainter needs {_official_names()} (official files or converted folders)")
-    return found
-
-
-def load_networks(checkpoint, dtype=None) -> Networks:
-    """The three networks from `locate(checkpoint)` (or its result, a {name: path} dict); dtype (e.g.
-    'bfloat16') is the flow completion network's and the generator's compute dtype (RAFT always runs in float32,
-    as the official script does)."""
-    from ecformer_jax import convert
-
-    paths = checkpoint if isinstance(checkpoint, dict) else locate(checkpoint)
-
-    def load(name, dt):
-        try:
-            return convert.resolve(paths[name], name, dtype=dt)
-        except CheckpointError as e:
-            raise naming(e, paths[name]) from None
-
-    return Networks(load("raft", None), load("recurrent_flow_completion", dtype), load("propainter", dtype))
-
-
-def wants_pipeline(checkpoint, model_name: str | None) -> bool:
-    """Whether the inpaint command should run this pipeline: --model names a model whose registry entry has
-    pipeline 'propainter', or, without --model, --checkpoint lists paths with commas or is a folder holding
-    ProPainter.pth."""
-    from ecformer_jax import models
-
-    if model_name is not None:
-        try:
-            return models.get(model_name).pipeline == "propainter"
-        except KeyError:
-            return False
-    if isinstance(checkpoint, (str, os.PathLike)):
-        text = os.fspath(checkpoint)
-        if "," in text:
-            return True
-        path = epath.Path(text)
-        return path.is_dir() and (path / FILES["propainter"]).is_file()
-    return False
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------------
