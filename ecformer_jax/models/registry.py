@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecformer_jax.run_once import run_once
+
 # keys a checkpoint may wrap its state_dict in (convert.unwrap tries them in this order)
 GENERATOR_WRAPPERS = ("netG", "params_ema", "params", "state_dict", "model", "generator", "net", "G")
 DISCRIMINATOR_WRAPPERS = ("netD", "params", "state_dict", "model", "discriminator", "net", "D")
@@ -182,7 +184,10 @@ def init(model: nn.Module, name: str | None = None, rng=None, dtype=jnp.float32)
     """Initialise variables of `model` on its registered example inputs (official init)."""
     entry = get(name or name_of(model))
     rng = jax.random.key(0) if rng is None else rng
-    return model.init(rng, *entry.example_inputs(model))
+    inputs = entry.example_inputs(model)
+    # one compiled program (the forward pass is dropped from it): run eagerly, flax's init would compile every
+    # operation of the forward on its own (SPyNet: 415 programs, 12 s on the CPU)
+    return run_once(lambda key: model.init(key, *inputs), rng)
 
 
 def generate(name: str, model: nn.Module, variables, masked_frames, masks, num_local_frames: int | None = None,

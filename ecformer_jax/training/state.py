@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ecformer_jax.run_once import run_once
 from ecformer_jax.training import sharding as shd
 
 
@@ -50,7 +51,7 @@ def create_state(init, mesh, rng, shard_params: bool = False, init_variables=Non
     """Run the pure `init(rng, init_variables) -> state` already sharded; returns (state, shardings)."""
     abstract = jax.eval_shape(init, rng, init_variables)
     shardings = shd.state_shardings(abstract, mesh, shard_params)
-    state = jax.jit(init, out_shardings=shardings)(rng, init_variables)
+    state = run_once(init, rng, init_variables, out_shardings=shardings)
     return state, shardings
 
 
