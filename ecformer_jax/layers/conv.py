@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ecformer_jax.layers.resize import upsample_bilinear
+from ecformer_jax.layers.tiling import target_platform
 
 # BaseNetwork.init_weights('normal', 0.02) of the official repositories.
 normal_init = nn.initializers.normal(0.02)
@@ -29,7 +30,74 @@ def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: int | None 
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups, use_bias=use_bias,
                    dtype=dtype, kernel_init=normal_init, name=name,
-                   conv_general_dilated=split_group_conv if groups > 1 else None)
+                   conv_general_dilated=split_group_conv)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+MAX_TAPS = 9  # larger kernels (SPyNet's and RAFT's 7x7) keep XLA's gradient: 49 products compile too slowly
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision=None, preferred_element_type=None):
+    """jax.lax.conv_general_dilated; for the CPU target a plain 2-D NHWC / HWIO conv (explicit padding, any
+    stride and dilation, no groups) gets its kernel gradient as one matrix product per tap.
+
+    XLA's CPU backend computes a conv's kernel gradient 2-9x slower than the conv itself, and inside a loop
+    (the scans of ProPainter's propagation, E2FGVI's and RAFT's recurrences) up to 40x: a 3x3 conv of
+    16x16x261 -> 128 takes 2.7 ms outside a scan and 105 ms inside one. Per tap, the kernel gradient is the
+    (strided, dilated) shifted input transposed times the output gradient; the input gradient stays XLA's
+    transposed conv. Values equal the native gradient within float32 summation order. GPUs and TPUs (and an
+    ahead-of-time compile for them) keep the native gradient.
+    """
+    args = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
+                rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                feature_group_count=feature_group_count, batch_group_count=batch_group_count, precision=precision,
+                preferred_element_type=preferred_element_type)
+    plain = (target_platform() == "cpu" and lhs.ndim == 4 and not isinstance(padding, str)
+             and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1 and batch_group_count == 1
+             and preferred_element_type is None and rhs.shape[0] * rhs.shape[1] <= MAX_TAPS
+             and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+             == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    if not plain:
+        return jax.lax.conv_general_dilated(lhs, rhs, **args)
+    return _conv_nhwc(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
+                      tuple(rhs_dilation or (1, 1)), precision)
+
+
+def _native_nhwc(x, k, strides, padding, dilation, precision):
+    return jax.lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC,
+                                        precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_nhwc(x, k, strides, padding, dilation, precision):
+    return _native_nhwc(x, k, strides, padding, dilation, precision)
+
+
+def _conv_nhwc_fwd(x, k, strides, padding, dilation, precision):
+    return _native_nhwc(x, k, strides, padding, dilation, precision), (x, k)
+
+
+def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
+    x, k = residuals
+    dx = jax.vjp(lambda a: _native_nhwc(a, k, strides, padding, dilation, precision), x)[1](dy)[0]
+    kh, kw, cin, cout = k.shape
+    n, ho, wo, _ = dy.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    dy_rows = dy.reshape(n * ho * wo, cout)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            shifted = jax.lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1,
+                                                                 j * dw + (wo - 1) * sw + 1, cin), (1, sh, sw, 1))
+            taps.append(jnp.dot(shifted.reshape(n * ho * wo, cin).T, dy_rows, precision=precision,
+                                preferred_element_type=jnp.float32))
+    return dx, jnp.stack(taps).reshape(k.shape).astype(k.dtype)
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 
 
 def split_group_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -42,7 +110,7 @@ def split_group_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
     E2FGVI / DSTT encoders dominate inference time and memory on CPU.
     """
     g = int(feature_group_count)
-    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+    conv = functools.partial(conv_general_dilated, window_strides=window_strides, padding=padding,
                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                              dimension_numbers=dimension_numbers, precision=precision, **kwargs)
     if g == 1:
@@ -164,7 +232,7 @@ def conv3d(x, kernel, strides=(1, 1, 1), padding=((0, 0), (0, 0), (0, 0))):
     stacked = jnp.concatenate([xp[:, i : i + t_out] for i in range(kt)], axis=-1)
     stacked = stacked.reshape(n * t_out, h, w, kt * c)
     k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kernel.shape[1], kernel.shape[2], kt * c, kernel.shape[-1])
-    y = jax.lax.conv_general_dilated(stacked, k2, strides[1:], sp, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv_general_dilated(stacked, k2, strides[1:], sp, dimension_numbers=_NHWC)
     return y.reshape(n, t_out, *y.shape[1:])
 
 

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Deconv, conv2d, normal_init
+from ecformer_jax.layers.conv import Deconv, conv2d, normal_init, split_group_conv
 from ecformer_jax.layers.deform import _dcn_kernel_init, deform_align_from_torch, modulated_deform_conv2d
 from ecformer_jax.models.registry import register
 
@@ -142,7 +142,8 @@ class DeformableAlignment(nn.Module):
         out = act(conv2d(self.features, 3, dtype=self.dtype, name="conv_offset_2")(out))
         out = act(conv2d(self.features, 3, dtype=self.dtype, name="conv_offset_4")(out))
         out = nn.Conv(27 * self.deform_groups, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                      kernel_init=nn.initializers.zeros, name="conv_offset_6")(out).astype(jnp.float32)
+                      kernel_init=nn.initializers.zeros, name="conv_offset_6",
+                      conv_general_dilated=split_group_conv)(out).astype(jnp.float32)
         o1, o2, m = jnp.split(out, 3, axis=-1)
         offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))
         kernel = self.param("kernel", _dcn_kernel_init, (3, 3, x.shape[-1], self.features))
