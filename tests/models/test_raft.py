@@ -82,10 +82,23 @@ def test_chunked_lookup_equals_dense(h, w, chunk):
     assert (chunked[1, 0, 2, :81] == 0).all() and (dense[1, 0, 2, :81] == 0).all()  # window entirely outside
 
 
-def test_auto_mode_switches_to_chunked_for_large_volumes():
+def test_auto_mode_switches_to_groups_then_chunked_for_large_volumes(monkeypatch):
     model = models.build("raft")
     assert model.corr_mode(1, 240, 432) == "dense" and model.corr_mode(1, 1080, 1920) == "chunked"
     assert models.build("raft", corr="dense").corr_mode(1, 1080, 1920) == "dense"
+    # 720p: one pair's pyramid (830 MB) fits, eight do not: dense one pair at a time
+    assert model.corr_group(8, 720, 1280) == 1 and model.corr_group(6, 240, 432) == 6
+    assert models.build("raft", corr="chunked").corr_group(1, 64, 64) == 0
+    # grouped: the same flows as one dense call (4 pairs of 64x64 with room for 2 pyramids at a time)
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.uniform(-1, 1, (4, 64, 64, 3)), jnp.float32)
+    b = jnp.roll(a, 2, axis=2)
+    variables = models.init(model, "raft")
+    run = lambda m: np.asarray(jax.jit(lambda v: m.apply(v, a, b, 3)[1])(variables))  # noqa: E731
+    whole = run(model)
+    monkeypatch.setattr(raft, "DENSE_LIMIT_BYTES", 2 * 64 * 64 * 4)
+    assert model.corr_group(4, 64, 64) == 2
+    np.testing.assert_allclose(run(models.build("raft")), whole, rtol=0, atol=1e-5 * np.abs(whole).max())
 
 
 # --- converter ---------------------------------------------------------------------------------------
