@@ -2,6 +2,7 @@
 finite differences; the second-order alignment's offset plumbing and its converter."""
 from __future__ import annotations
 
+import functools
 import zlib
 
 import jax
@@ -177,6 +178,7 @@ def test_gradients_match_finite_differences():
         args = (jnp.asarray(t(x)), jnp.asarray(t(offset)), jnp.asarray(t(mask)),
                 jnp.asarray(np.transpose(weight, (2, 3, 1, 0))), jnp.asarray(bias))
 
+        @jax.jit
         def f(xx, off, m, kern, b):
             return modulated_deform_conv2d(xx, off, m, kern, b, padding=1, groups=2, deform_groups=2)
 
@@ -210,10 +212,11 @@ def test_module_wrapper_and_bfloat16():
     assert v["params"]["kernel"].shape == (3, 3, 8, 4)
     bound = 1 / np.sqrt(8 * 9)
     assert float(jnp.abs(v["params"]["kernel"]).max()) <= bound
-    out = mod.apply(v, x, off, m)
-    ref = modulated_deform_conv2d(x, off, m, v["params"]["kernel"], v["params"]["bias"], deform_groups=2)
+    out = jax.jit(mod.apply)(v, x, off, m)
+    ref = jax.jit(functools.partial(modulated_deform_conv2d, deform_groups=2))(x, off, m, v["params"]["kernel"],
+                                                                               v["params"]["bias"])
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
-    out16 = ModulatedDeformConv2d(4, 3, deform_groups=2, dtype=jnp.bfloat16).apply(v, x, off, m)
+    out16 = jax.jit(ModulatedDeformConv2d(4, 3, deform_groups=2, dtype=jnp.bfloat16).apply)(v, x, off, m)
     assert out16.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out16, np.float32), np.asarray(out), atol=0.1)
 
@@ -253,7 +256,7 @@ def test_second_order_alignment_matches_official_forward():
     flow_1 = rng.uniform(-2, 2, (n, h, w, 2)).astype(np.float32)
     flow_2 = rng.uniform(-2, 2, (n, h, w, 2)).astype(np.float32)
     mod = SecondOrderDeformableAlignment(features=c, deform_groups=dg)
-    v = mod.init(jax.random.key(0), x, extra, flow_1, flow_2)
+    v = jax.jit(mod.init)(jax.random.key(0), x, extra, flow_1, flow_2)
     p = v["params"]
     assert p["conv_offset_0"]["kernel"].shape == (3, 3, 3 * c + 4, c)
     assert p["conv_offset_6"]["kernel"].shape == (3, 3, c, 27 * dg)
@@ -261,7 +264,7 @@ def test_second_order_alignment_matches_official_forward():
     params = _random_params(p, rng)
     # keep the residual offsets moderate (10 * tanh saturates otherwise and every sample leaves the image)
     params["conv_offset_6"] = jax.tree.map(lambda a: a * 0.05, params["conv_offset_6"])
-    out = mod.apply({"params": params}, x, extra, flow_1, flow_2)
+    out = jax.jit(mod.apply)({"params": params}, x, extra, flow_1, flow_2)
     nchw = lambda a: np.moveaxis(a, -1, 1)  # noqa: E731
     ref = _torch_alignment_reference(params, nchw(x), nchw(extra), nchw(flow_1), nchw(flow_2), dg)
     np.testing.assert_allclose(np.moveaxis(np.asarray(out), -1, 1), ref, rtol=0, atol=1e-4 * max(1, np.abs(ref).max()))
@@ -303,8 +306,9 @@ def test_tiled_sampling_is_the_untiled_sampling(groups, deform_groups, stride):
     mask = rng.random((2, ho, wo, deform_groups * 9)).astype(np.float32)
     kern = rng.standard_normal((3, 3, 4 // groups, 6)).astype(np.float32)
     bias = rng.standard_normal(6).astype(np.float32)
-    run = lambda tile, *a: modulated_deform_conv2d(*a, bias, stride=stride, padding=1, groups=groups,
-                                                   deform_groups=deform_groups, tile=tile)
+    run = lambda tile, *a: jax.jit(functools.partial(  # noqa: E731 (one compile, not one per op)
+        modulated_deform_conv2d, bias=bias, stride=stride, padding=1, groups=groups, deform_groups=deform_groups,
+        tile=tile))(*a)
     want = run(0, x, off, mask, kern)
     for tile in (36 * 11, 36 * 4, 36):  # 11, 4 and 1 pixels per block
         np.testing.assert_allclose(np.asarray(run(tile, x, off, mask, kern)), np.asarray(want), rtol=1e-6, atol=1e-6)
