@@ -42,7 +42,8 @@ def run_fixture(npz, meta, variables, name):
     }
 
 
-@pytest.mark.parametrize("name", ["e2fgvi", "e2fgvi_hq"])
+# e2fgvi differs from e2fgvi_hq by its composition bias only: the quick run checks e2fgvi_hq, the full run both
+@pytest.mark.parametrize("name", [pytest.param("e2fgvi", marks=pytest.mark.slow), "e2fgvi_hq"])
 def test_parity(name, parity_dir, record_property):
     npz, meta = parity.load(parity_dir, name)
     variables = parity.convert_fixture(npz, name)

@@ -14,7 +14,8 @@ from ecformer_jax.models.raft import INTERMEDIATES
 from tests import parity
 
 
-@pytest.mark.parametrize("corr", ["dense", "chunked"])
+# the chunked lookup equals the dense one on random features in the quick run (test_raft.py); here in the full run
+@pytest.mark.parametrize("corr", ["dense", pytest.param("chunked", marks=pytest.mark.slow)])
 def test_parity(corr, parity_dir, record_property):
     npz, meta = parity.load(parity_dir, "raft")
     assert "test_mode=True" in meta["call"] and "model(image1, image2" in meta["call"]
