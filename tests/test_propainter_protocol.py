@@ -133,6 +133,15 @@ def weights(parity_dir, tmp_path_factory):
     return root
 
 
+def test_summary_stats_are_json():
+    import collections
+    import json
+
+    stats = {"shapes": {"raft": collections.Counter({(5, 72, 128): 2}), "generator": collections.Counter()},
+             "seconds": 1.5, "processing_size": (72, 128)}
+    assert json.loads(json.dumps(pp.jsonable_stats(stats)))["shapes"]["raft"] == {"(5, 72, 128)": 2}
+
+
 def test_checkpoint_folder_comma_list_and_missing_files(weights, tmp_path):
     found = pp.locate(weights)
     assert found == {"propainter": weights / "generator", "recurrent_flow_completion": weights /

@@ -233,6 +233,12 @@ def complete_flows(variables, flows_f, flows_b, masks_u8, *, model):
     return comb_f[0], comb_b[0]
 
 
+def jsonable_stats(stats: dict) -> dict:
+    """`InpaintResult.stats` for a JSON summary: each stage's compiled shapes as {"shape": calls}."""
+    shapes = {stage: {str(k): v for k, v in counts.items()} for stage, counts in stats["shapes"].items()}
+    return {**stats, "shapes": shapes, "processing_size": list(stats["processing_size"])}
+
+
 def decode_updated(frames_u8, zero):
     """The exact float32 updated frames from their uint8 + zero-flag encoding."""
     return jnp.where(zero[..., None], 0.0, _unit(frames_u8))
@@ -585,7 +591,8 @@ def inpaint(checkpoint, video, mask, output, overwrite=False, dtype=None, neighb
                "mask_dilation": painter.mask_dilation, "raft_iter": painter.raft_iter, "output": str(written),
                "seconds": st["seconds"], "frames_per_second": st["frames_per_second"],
                "compiled_shapes": st["compiled_shapes"], "stages": st["seconds_per_stage"],
-               "total_seconds": time.perf_counter() - t0, "peak_host_memory_mb": peak_host_memory_mb(), "stats": st}
+               "total_seconds": time.perf_counter() - t0, "peak_host_memory_mb": peak_host_memory_mb(),
+               "stats": jsonable_stats(st)}
     if side_by_side:
         summary["side_by_side"] = str(side_by_side_path(output))
     return summary
