@@ -108,3 +108,23 @@ def test_calls_tuples_training_edges_and_bad_input():
         jax.eval_shape(model.apply, variables, bad((1, 2, 12, 24, 2), np.float32), bad((1, 2, 12, 24, 1), np.float32))
     with pytest.raises(ValueError, match="one more than the flows"):
         jax.eval_shape(lambda: model.apply(variables, flows, masks[:, :-1], method="forward_bidirect_flow"))
+
+
+def test_long_clips_decode_a_few_frames_at_a_time(monkeypatch):
+    """More than DECODE_FRAMES frames: the decoder runs group by group (the last padded), same flows."""
+    import jax.numpy as jnp
+
+    from ecformer_jax.models import flow_completion as fc
+
+    model = models.build("recurrent_flow_completion")
+    variables = models.init(model, "recurrent_flow_completion")
+    rng = np.random.default_rng(3)
+    flows = jnp.asarray(rng.standard_normal((1, 5, 16, 24, 2)), jnp.float32)
+    masks = jnp.asarray(rng.random((1, 6, 16, 24, 1)) > 0.6, jnp.float32)
+    run = lambda: jax.jit(lambda v: model.apply(v, (flows, flows[:, ::-1]), masks,  # noqa: E731
+                                                method="forward_bidirect_flow")[0])(variables)
+    whole = run()
+    monkeypatch.setattr(fc, "DECODE_FRAMES", 2)  # 5 frames: groups of 2, 2 and 1 (+1 padding)
+    grouped = run()
+    for a, b in zip(grouped, whole):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
