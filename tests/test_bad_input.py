@@ -249,6 +249,7 @@ def inpainted(tiny, video, mask, output, *args):
     return video_io.read_frames(output)
 
 
+@pytest.mark.slow
 def test_unusual_frames_and_masks_work(tiny, clip, tmp_path):
     """Grayscale, RGBA and 16-bit frames and masks, anti-aliased masks, upper-case extensions: real inpainting
     with the tiny model, the right number of frames and size, the known pixels kept."""

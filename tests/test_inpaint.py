@@ -252,6 +252,7 @@ def test_cli_training_workdir(tiny_fuseformer, tiny_checkpoint, clip_dirs, tmp_p
     assert rc == 2 and "holds a trained 'fuseformer' checkpoint, not 'sttn'" in cap.err
 
 
+@pytest.mark.slow
 def test_cli_mp4_video_single_mask_bfloat16_options(tiny_checkpoint, clip_dirs, tmp_path, capsys):
     _, _, frames, _ = clip_dirs
     video = video_io.write_video(tmp_path / "clip.mp4", frames, fps=12)

@@ -269,6 +269,7 @@ def tiny_checkpoint(tmp_path_factory):
     return convert.save(tmp_path_factory.mktemp("ckpt") / "tiny", "fuseformer", variables, TINY_FUSEFORMER)
 
 
+@pytest.mark.slow
 def test_inpaint_then_evaluate(dataset, tiny_checkpoint, tmp_path, capsys):
     import jax
 

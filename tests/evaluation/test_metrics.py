@@ -292,6 +292,7 @@ def _spynet_state_dict(seed=0):
     return sd
 
 
+@pytest.mark.slow
 def test_spynet_flow_pairs_and_batching(tmp_path):
     path = tmp_path / "spynet.pth"
     torch.save({"state_dict": _spynet_state_dict()}, path)  # the mmediting layout

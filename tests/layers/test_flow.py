@@ -146,6 +146,7 @@ def _to_torch_layout(params, prefix=""):
     return sd
 
 
+@pytest.mark.slow
 def test_spynet_shapes_and_sanity():
     model, params = _random_spynet_params()
     rng = np.random.default_rng(4)

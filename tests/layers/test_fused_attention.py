@@ -92,6 +92,7 @@ def test_flash_kernel_gradients_match_xla_path():
 
 
 @needs_interpret
+@pytest.mark.slow
 def test_e2fgvi_window_attention_through_the_kernel():
     """TemporalFocalAttention's padded pooled keys reach the kernel as a key mask (segment ids)."""
     from ecformer_jax.layers.windows import FocalPool, TemporalFocalAttention

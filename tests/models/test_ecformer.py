@@ -19,6 +19,7 @@ def _clip(shape, seed=0):
     return jax.random.uniform(jax.random.key(seed), shape, minval=-1, maxval=1)
 
 
+@pytest.mark.slow
 def test_one_parameter_set_runs_any_size_and_clip_length():
     model = models.build("ecformer", **SMALL)
     shapes = [(1, 2, 48, 96, 3), (1, 3, 64, 80, 3)]
@@ -103,6 +104,7 @@ def test_ecformer_bfloat16_close_to_float32():
     assert float(jnp.abs(f32 - bf16.astype(jnp.float32)).max()) < 0.1
 
 
+@pytest.mark.slow
 def test_binarized_sttn_same_parameters_different_function_and_gradients():
     kw = dict(num_blocks=1, patch_sizes=((4, 4), (2, 2)), channels=32)
     x, m = _clip((1, 2, 32, 32, 3)), jnp.zeros((1, 2, 32, 32, 1))

@@ -26,6 +26,7 @@ def test_sttn_refuses_sizes_its_patches_do_not_tile():
         models.build("sttn").init(jax.random.key(0), x, m)
 
 
+@pytest.mark.slow
 def test_sttn_mask_checks_and_no_effect():
     model = models.build("sttn", **SMALL_STTN)
     x, m = _clip(2, 3, 32, 64)

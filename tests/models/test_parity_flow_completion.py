@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from ecformer_jax import models
 from ecformer_jax.models.flow_completion import INTERMEDIATES
@@ -74,9 +75,8 @@ def test_params_and_converter_refusals(parity_dir):
         convert.from_torch("recurrent_flow_completion", sd)
 
 
+@pytest.mark.slow
 def test_calls_tuples_training_edges_and_bad_input():
-    import pytest
-
     rng = np.random.default_rng(0)
     b, t, h, w = 1, 3, 16, 24
     flows = tuple(rng.standard_normal((b, t - 1, h, w, 2)).astype(np.float32) for _ in range(2))
@@ -110,6 +110,7 @@ def test_calls_tuples_training_edges_and_bad_input():
         jax.eval_shape(lambda: model.apply(variables, flows, masks[:, :-1], method="forward_bidirect_flow"))
 
 
+@pytest.mark.slow
 def test_long_clips_decode_a_few_frames_at_a_time(monkeypatch):
     """More than DECODE_FRAMES frames: the decoder runs group by group (the last padded), same flows."""
     import jax.numpy as jnp

@@ -82,14 +82,19 @@ def test_chunked_lookup_equals_dense(h, w, chunk):
     assert (chunked[1, 0, 2, :81] == 0).all() and (dense[1, 0, 2, :81] == 0).all()  # window entirely outside
 
 
-def test_auto_mode_switches_to_groups_then_chunked_for_large_volumes(monkeypatch):
+def test_auto_mode_switches_to_groups_then_chunked_for_large_volumes():
     model = models.build("raft")
     assert model.corr_mode(1, 240, 432) == "dense" and model.corr_mode(1, 1080, 1920) == "chunked"
     assert models.build("raft", corr="dense").corr_mode(1, 1080, 1920) == "dense"
     # 720p: one pair's pyramid (830 MB) fits, eight do not: dense one pair at a time
     assert model.corr_group(8, 720, 1280) == 1 and model.corr_group(6, 240, 432) == 6
     assert models.build("raft", corr="chunked").corr_group(1, 64, 64) == 0
-    # grouped: the same flows as one dense call (4 pairs of 64x64 with room for 2 pyramids at a time)
+
+
+@pytest.mark.slow
+def test_dense_pairs_in_groups_equal_one_dense_call(monkeypatch):
+    """4 pairs of 64x64 with room for 2 pyramids at a time: the same flows as one dense call."""
+    model = models.build("raft")
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.uniform(-1, 1, (4, 64, 64, 3)), jnp.float32)
     b = jnp.roll(a, 2, axis=2)

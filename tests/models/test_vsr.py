@@ -189,6 +189,7 @@ def test_tiny_model_shapes_and_output_frames(tiny):
     np.testing.assert_allclose(np.asarray(out2[1]), np.asarray(out[1]), atol=1e-4)  # samples never mix
 
 
+@pytest.mark.slow
 def test_tiny_model_bfloat16(tiny):
     model, variables, x, out, _ = tiny
     bf16 = models.build("vsr_transformer", num_frames=3, dtype=jnp.bfloat16, **TINY)

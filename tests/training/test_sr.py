@@ -116,6 +116,7 @@ def test_spynet_frozen_then_trained(trajectory):
     assert float(metrics[3]["spynet_lr"]) == pytest.approx(0.25 * float(metrics[3]["lr"]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sr_non_finite_step_is_refused(trajectory):
     _, state, step, batch, _, _ = trajectory
     at = int(state.step)
