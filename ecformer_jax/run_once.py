@@ -10,7 +10,8 @@ def run_once(fn, *args, out_shardings=None):
     runs in about a second; the values are those of an optimised compile within float rounding. Under a
     transformation (jax.eval_shape of an init) it is a plain jit."""
     jitted = jax.jit(fn) if out_shardings is None else jax.jit(fn, out_shardings=out_shardings)
-    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+    tracer = getattr(jax.core, "Tracer", None)  # (should a jax version drop the name: a plain jit always)
+    if tracer is None or any(isinstance(a, tracer) for a in jax.tree.leaves(args)):
         return jitted(*args)
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return jitted.lower(*args).compile(options)(*args)
