@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import conv2d, split_group_conv
+from ecformer_jax.layers.conv import conv2d, conv_general_dilated
 from ecformer_jax.layers.tiling import default_tile
 
 
@@ -213,7 +213,7 @@ class SecondOrderDeformableAlignment(nn.Module):
         out = act(conv2d(self.features, 3, dtype=self.dtype, name="conv_offset_4")(out))
         out = nn.Conv(3 * k * self.deform_groups, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                       kernel_init=nn.initializers.zeros, name="conv_offset_6",
-                      conv_general_dilated=split_group_conv)(out)
+                      conv_general_dilated=conv_general_dilated)(out)
         out = out.astype(jnp.float32)
         o1, o2, m = jnp.split(out, 3, axis=-1)
         offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))

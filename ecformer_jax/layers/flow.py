@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import split_group_conv
 from ecformer_jax.layers.resize import avg_pool2d, upsample_bilinear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -152,8 +151,7 @@ class SPyNetBasicModule(nn.Module):
     def __call__(self, x):
         for j, features in enumerate(SPYNET_CHANNELS):
             x = nn.Conv(features, (7, 7), padding=((3, 3), (3, 3)), dtype=self.dtype,
-                        kernel_init=_torch_default_init, name=f"conv{j}",
-                        conv_general_dilated=split_group_conv)(x)
+                        kernel_init=_torch_default_init, name=f"conv{j}")(x)
             if j < len(SPYNET_CHANNELS) - 1:
                 x = jax.nn.relu(x)
         return x

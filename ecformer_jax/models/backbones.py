@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecformer_jax.errors import CheckpointError
-from ecformer_jax.layers.conv import split_group_conv
 from ecformer_jax.layers.mixers import (
     FocalAttention,
     GroupNorm1,
@@ -71,7 +70,7 @@ class Mlp(nn.Module):
 
 def _conv(features, kernel, stride, padding, dtype, name):
     return nn.Conv(features, (kernel, kernel), (stride, stride), [(padding, padding)] * 2, dtype=dtype,
-                   kernel_init=trunc_normal, name=name, conv_general_dilated=split_group_conv)
+                   kernel_init=trunc_normal, name=name)
 
 
 # =================================================================================================

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Deconv, conv2d, normal_init, split_group_conv
+from ecformer_jax.layers.conv import Deconv, conv2d, conv_general_dilated, normal_init
 from ecformer_jax.layers.deform import _dcn_kernel_init, deform_align_from_torch, modulated_deform_conv2d
 from ecformer_jax.models.registry import register
 
@@ -99,16 +99,16 @@ class Conv3d(nn.Module):
             if self.replicate:
                 y = jnp.pad(y, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
                 pad = ((0, 0), (0, 0))
-            y = jax.lax.conv_general_dilated(y, kernel[0], (self.stride, self.stride), pad,
-                                             rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = conv_general_dilated(y, kernel[0], (self.stride, self.stride), pad, rhs_dilation=(d, d),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
             y = y.reshape(b, n, *y.shape[1:])
         else:
             if kh != 1 or kw != 1 or self.stride != 1 or self.replicate:
                 raise ValueError("Conv3d here supports (1, k, k) or (k, 1, 1) kernels, the latter unstrided")
             # a 2-D conv over (time, pixels): no stacked copy of the taps (3x the input: 7 GB for 80 720p frames)
-            y = jax.lax.conv_general_dilated(x.reshape(b, n, h * w, cin), kernel.reshape(kt, 1, cin, self.features),
-                                             (1, 1), ((p, p), (0, 0)), rhs_dilation=(d, 1),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = conv_general_dilated(x.reshape(b, n, h * w, cin), kernel.reshape(kt, 1, cin, self.features),
+                                     (1, 1), ((p, p), (0, 0)), rhs_dilation=(d, 1),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
             y = y.reshape(b, y.shape[1], h, w, self.features)
         return y + bias
 
@@ -144,7 +144,7 @@ class DeformableAlignment(nn.Module):
         out = act(conv2d(self.features, 3, dtype=self.dtype, name="conv_offset_4")(out))
         out = nn.Conv(27 * self.deform_groups, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                       kernel_init=nn.initializers.zeros, name="conv_offset_6",
-                      conv_general_dilated=split_group_conv)(out).astype(jnp.float32)
+                      conv_general_dilated=conv_general_dilated)(out).astype(jnp.float32)
         o1, o2, m = jnp.split(out, 3, axis=-1)
         offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))
         kernel = self.param("kernel", _dcn_kernel_init, (3, 3, x.shape[-1], self.features))

@@ -75,10 +75,10 @@ from ecformer_jax.layers.conv import (
     Decoder,
     Encoder,
     conv2d,
+    conv_general_dilated,
     decoder_from_torch,
     encoder_from_torch,
     normal_init,
-    split_group_conv,
 )
 from ecformer_jax.layers.deform import _dcn_kernel_init, modulated_deform_conv2d
 from ecformer_jax.layers.feedforward import FusionFeedForward
@@ -346,7 +346,7 @@ class FlowGuidedDeformableAlignment(nn.Module):
         out = act(conv2d(self.features, 3, dtype=self.dtype, name="conv_offset_4")(out))
         out = nn.Conv(27 * self.deform_groups, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                       kernel_init=nn.initializers.zeros, name="conv_offset_6",
-                      conv_general_dilated=split_group_conv)(out).astype(jnp.float32)
+                      conv_general_dilated=conv_general_dilated)(out).astype(jnp.float32)
         o1, o2, m = jnp.split(out, 3, axis=-1)
         offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))
         offset = offset + jnp.tile(flow.astype(jnp.float32)[..., ::-1], (1, 1, 1, offset.shape[-1] // 2))

@@ -185,8 +185,8 @@ def init(model: nn.Module, name: str | None = None, rng=None, dtype=jnp.float32)
     entry = get(name or name_of(model))
     rng = jax.random.key(0) if rng is None else rng
     inputs = entry.example_inputs(model)
-    # one compiled program (the forward pass is dropped from it): run eagerly, flax's init would compile every
-    # operation of the forward on its own (SPyNet: 415 programs, 12 s on the CPU)
+    # one compiled program (the forward pass is dropped from it); flax's init run eagerly compiles every operation
+    # of the forward on its own (SPyNet: 415 programs, 12 s on the CPU)
     return run_once(lambda key: model.init(key, *inputs), rng)
 
 
