@@ -77,18 +77,22 @@ def main(argv=None) -> int:
                    help="scale the video's size for processing (models without a fixed size)")
     p.add_argument("--mask-dilation", type=int, default=None, help="3x3-cross dilations of the masks (official: 4)")
     p.add_argument("--raft-iter", type=int, default=None, help="propainter: RAFT iterations (official: 20)")
+    p.add_argument("--frames", default=None, metavar="START:END",
+                   help="inpaint and write only frames START..END-1 (from 0; '10:' to the end), running only the "
+                        "windows they need; the rest of the video is their context, so the values equal a whole run")
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's, else 24)")
     p.add_argument("--no-side-by-side", action="store_true", help="skip the input | result comparison video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
     try:
+        frame_range = protocol.parse_frame_range(args.frames)
         summary = inpaint(args.checkpoint, args.video, args.mask, args.output, model_name=args.model,
                           overwrite=args.overwrite, dtype=args.dtype, neighbor_length=args.neighbor_length,
                           ref_stride=args.ref_stride, subvideo_length=args.subvideo_length,
                           resize=parse_size(args.resize, "--resize"), resize_ratio=args.resize_ratio,
                           mask_dilation=args.mask_dilation, fps=args.fps, side_by_side=not args.no_side_by_side,
-                          progress=not args.quiet, raft_iter=args.raft_iter)
+                          progress=not args.quiet, raft_iter=args.raft_iter, frame_range=frame_range)
     except USER_ERRORS as e:  # bad input, checkpoint, option or output: one line, status 2, no traceback
         return report(e)
     h, w = summary["size"]

@@ -198,6 +198,15 @@ def test_inpainter_follows_the_official_loop(tiny_fuseformer, clip_dirs):
     ref = official_loop(model, variables, frames, masks, ref_stride=REF_STRIDE)
     diff = np.abs(result.frames.astype(int) - ref)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999, (diff.max(), (diff == 0).mean())
+    # a frame range runs only the windows it needs (of 4 windows [0-2], [0-4], [2-6], [4-6]), with the whole
+    # run's values
+    inpainter = Inpainter("fuseformer", model, variables, neighbor_stride=2, ref_stride=REF_STRIDE)
+    whole = inpainter(frames, masks)
+    for lo, hi, centres in ((5, 7, [4, 6]), (3, 4, [2, 4])):
+        part = inpainter(frames, masks, frame_range=(lo, hi))
+        assert [w.center for w in part.windows] == centres and part.frames.shape == (hi - lo, *frames.shape[1:])
+        np.testing.assert_array_equal(part.frames, whole.frames[lo:hi])
+        np.testing.assert_array_equal(part.masks, whole.masks[lo:hi])
 
 
 def _run(capsys, *args):
@@ -229,6 +238,15 @@ def test_cli_converted_checkpoint_frame_folder(tiny_checkpoint, clip_dirs, tmp_p
                    "--output", out, "--overwrite", "--no-side-by-side", "--ref-stride", REF_STRIDE)
     assert rc == 0, cap.err
     np.testing.assert_array_equal(video_io.read_frames(out), result)  # same code, same result
+    # --frames: only that range is written (numbered from 00000), with the same values
+    rc, cap = _run(capsys, "--checkpoint", tiny_checkpoint, "--video", frames_dir, "--mask", masks_dir,
+                   "--output", tmp_path / "part", "--no-side-by-side", "--ref-stride", REF_STRIDE, "--frames", "5:")
+    assert rc == 0 and "2 frames 42x30" in cap.out and "(frames 5..6 of them)" in cap.err, cap.err
+    np.testing.assert_array_equal(video_io.read_frames(tmp_path / "part"), result[5:])
+    for bad, why in (("5:99", "not a non-empty range of the video's 7 frames"), ("a-b", "must be START:END")):
+        rc, cap = _run(capsys, "--checkpoint", tiny_checkpoint, "--video", frames_dir, "--mask", masks_dir,
+                       "--output", tmp_path / "bad", "--frames", bad)
+        assert rc == 2 and why in cap.err and "Traceback" not in cap.err, cap.err
 
 
 def test_cli_training_workdir(tiny_fuseformer, tiny_checkpoint, clip_dirs, tmp_path, capsys):

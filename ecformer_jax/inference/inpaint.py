@@ -58,7 +58,7 @@ def read_masks(path, num_frames: int, size: tuple[int, int], resize: bool = Fals
 def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, dtype=None, neighbor_length=None,
             ref_stride=None, subvideo_length=protocol.SUBVIDEO_LENGTH, resize=None, resize_ratio=1.0,
             mask_dilation=None, fps=None, side_by_side=True, progress=True, track_memory=False, input_size=None,
-            verbose=True, raft_iter=None) -> dict:
+            verbose=True, raft_iter=None, frame_range=None) -> dict:
     """Inpaint the video file / frame folder `video` with the holes of `mask` into `output` (a video file by its
     suffix, or a frame folder); returns a summary dict. Raises ValueError (VideoError, CheckpointError) /
     FileExistsError with a message naming the problem.
@@ -68,6 +68,8 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     neighbor_length // 2 frames over [f - L/2, f + L/2] (default the model's: 10); resize: (H, W) processing
     size or None for the model's rule; input_size: (H, W) to which the video (bicubic) and masks (nearest) are
     resized when read, as the papers' evaluation does (the output has that size). verbose: print the plan.
+    frame_range: (start, end) to inpaint and write only frames start..end-1 (end None: to the last), running
+    only the windows they need, with the same values as a whole-video run.
 
     ProPainter (--model propainter, or a --checkpoint folder holding ProPainter.pth, or three comma-separated
     checkpoints) runs its own pipeline, `inference.propainter.inpaint` (raft_iter: its RAFT iterations).
@@ -77,6 +79,9 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     if propainter.wants_pipeline(checkpoint, model_name):
         if input_size is not None:
             raise ValueError("input_size is not supported by the ProPainter pipeline; use resize")
+        if frame_range is not None:
+            raise ValueError("--frames is not supported by the ProPainter pipeline (its flows and propagation "
+                             "run over whole subvideos); inpaint the whole video")
         return propainter.inpaint(checkpoint, video, mask, output, overwrite=overwrite, dtype=dtype,
                                   neighbor_length=neighbor_length, ref_stride=ref_stride,
                                   subvideo_length=subvideo_length, resize=resize, resize_ratio=resize_ratio,
@@ -95,16 +100,20 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     frames = video_io.read_frames(video, size=None if input_size is None else (input_size[1], input_size[0]))
     n, h, w, _ = frames.shape
     masks = read_masks(mask, n, (h, w), resize=input_size is not None)
+    lo, hi = protocol.check_frame_range(frame_range, n)
     name, model, variables, _ = load_checkpoint(checkpoint, model_name, "inpainting", dtype)
     inpainter = protocol.Inpainter(
         name, model, variables, neighbor_stride=None if neighbor_length is None else neighbor_length // 2,
         ref_stride=ref_stride, subvideo_length=subvideo_length, mask_dilation=mask_dilation, resize=resize,
         resize_ratio=resize_ratio, track_memory=track_memory)
     windows, geo = inpainter.plan(n, (h, w))
+    windows = [x for x in windows if any(lo <= i < hi for i in x.neighbors)]
     fps = fps or read_fps(video, 24.0)
     if verbose:
         plural = "s" if len(windows) != 1 else ""
-        print(f"{name} ({inpainter.protocol.family} protocol, {np.dtype(model.dtype).name}): {n} frames {w}x{h}, "
+        part = f" (frames {lo}..{hi - 1} of them)" if (lo, hi) != (0, n) else ""
+        print(f"{name} ({inpainter.protocol.family} protocol, {np.dtype(model.dtype).name}): {n} frames {w}x{h}"
+              f"{part}, "
               f"processed at {format_size(geo.size)}" + (f" padded to {format_size(geo.padded)}" if geo.pad else "")
               + f"; {len(windows)} window{plural} of up to {max(len(x.frames) for x in windows)} frames "
               f"(neighbour stride {inpainter.neighbor_stride}, reference stride {inpainter.ref_stride}, "
@@ -114,16 +123,18 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, unit="frame", desc="inpaint", file=sys.stderr)
+        bar = tqdm(total=hi - lo, unit="frame", desc="inpaint", file=sys.stderr)
     try:
-        result = inpainter(frames, masks, progress=bar.update if bar is not None else None)
+        result = inpainter(frames, masks, progress=bar.update if bar is not None else None,
+                           frame_range=(lo, hi))
     finally:
         if bar is not None:
             bar.close()
-    sbs = (video_io.side_by_side(video_io.overlay_mask(frames, result.masks), result.frames) if side_by_side
-           else None)
+    sbs = (video_io.side_by_side(video_io.overlay_mask(frames[lo:hi], result.masks), result.frames)
+           if side_by_side else None)
     written = write_result(output, result.frames, fps, side_by_side=sbs)
-    summary = {"model": name, "frames": n, "size": (h, w), "processing_size": geo.size, "padded_size": geo.padded,
+    summary = {"model": name, "frames": hi - lo, "video_frames": n, "frame_range": (lo, hi), "size": (h, w),
+               "processing_size": geo.size, "padded_size": geo.padded,
                "windows": len(windows), "neighbor_stride": inpainter.neighbor_stride,
                "ref_stride": inpainter.ref_stride, "subvideo_length": inpainter.subvideo_length,
                "mask_dilation": inpainter.mask_dilation, "output": str(written), "seconds": result.stats["seconds"],

@@ -123,13 +123,37 @@ def schedule(num_frames: int, neighbor_stride: int = NEIGHBOR_STRIDE, ref_stride
     return out
 
 
-def last_window(windows: Sequence[Window], num_frames: int) -> list[int]:
-    """For every frame, the index of the last window whose neighbours contain it (then it is final)."""
+def check_frame_range(frame_range: tuple[int, int | None] | None, num_frames: int) -> tuple[int, int]:
+    """[start, end) of a video of num_frames frames (None: all of them); ValueError when it is empty or outside."""
+    if frame_range is None:
+        return 0, num_frames
+    lo, hi = frame_range
+    hi = num_frames if hi is None else hi
+    if not 0 <= lo < hi <= num_frames:
+        raise ValueError(f"--frames {lo}:{hi} is not a non-empty range of the video's {num_frames} frames "
+                         f"(0:{num_frames} is all of them)")
+    return lo, hi
+
+
+def parse_frame_range(text: str | None) -> tuple[int | None, int | None] | None:
+    """'START:END' (either may be left out: '10:', ':40') -> (start, end) with None for a missing end."""
+    if text is None:
+        return None
+    try:
+        lo, hi = text.split(":")
+        return (int(lo) if lo.strip() else 0), (int(hi) if hi.strip() else None)
+    except ValueError:
+        raise ValueError(f"--frames must be START:END (frame numbers from 0, END excluded); got {text!r}") from None
+
+
+def last_window(windows: Sequence[Window], num_frames: int, wanted: Sequence[int] | None = None) -> list[int]:
+    """For every frame, the index of the last window whose neighbours contain it (then it is final); -1 for a
+    frame no window visits, an error for such a frame among `wanted` (default: all)."""
     last = [-1] * num_frames
     for k, w in enumerate(windows):
         for i in w.neighbors:
             last[i] = k
-    missing = [i for i, k in enumerate(last) if k < 0]
+    missing = [i for i in (range(num_frames) if wanted is None else wanted) if last[i] < 0]
     if missing:
         raise ValueError(f"the windows never visit frame(s) {missing[:10]}")
     return last
@@ -308,17 +332,22 @@ class Inpainter:
         return windows, plan_geometry(self.size_rule, size, self.resize, self.resize_ratio)
 
     def __call__(self, frames: np.ndarray, masks: np.ndarray, progress: Callable[[int], Any] | None = None,
-                 on_window: Callable[[int, Window], Any] | None = None) -> InpaintResult:
+                 on_window: Callable[[int, Window], Any] | None = None,
+                 frame_range: tuple[int, int] | None = None) -> InpaintResult:
         """frames (N, H, W, 3) uint8, masks (N, H, W) bool (True = hole, before dilation).
 
         progress(n): called with the number of frames just finished; on_window(k, window) after window
-        k was dispatched to the device."""
+        k was dispatched to the device. frame_range (start, end): inpaint only frames start..end-1 (the result
+        holds those), running only the windows whose neighbours include one of them: the same values as the
+        whole video's run, whose frames stay the context (neighbours and references)."""
         from ecformer_jax.data.masks import dilate
 
         frames, masks = check_video_arrays(frames, masks)
         n, height, width, _ = frames.shape
         windows, geo = self.plan(n, (height, width))
-        last = last_window(windows, n)
+        lo, hi = check_frame_range(frame_range, n)
+        windows = [w for w in windows if any(lo <= i < hi for i in w.neighbors)]
+        last = last_window(windows, n, range(lo, hi))
         masks = masks.astype(bool)
 
         # processing-size copies on the host; masks binarised, resized (NEAREST), then dilated
@@ -330,7 +359,7 @@ class Inpainter:
             out_masks = proc_masks
         proc_masks_u8 = proc_masks.astype(np.uint8)
 
-        result = np.empty_like(frames)
+        result = np.empty_like(frames[lo:hi])
         blender = Blender()
         stats = {"windows": len(windows), "window_shapes": collections.Counter(), "max_window_frames": 0,
                  "window_bytes": 0, "peak_live_bytes": 0, "processing_size": geo.size,
@@ -341,14 +370,15 @@ class Inpainter:
         def finish(k: int, window: Window, pred):
             pred = np.asarray(pred)
             for j, idx in enumerate(window.neighbors):
-                m = proc_masks[idx][..., None]
-                blender.add(idx, np.where(m, pred[j], proc_frames[idx]))
-            done = [idx for idx in window.neighbors if last[idx] == k]
+                if lo <= idx < hi:
+                    m = proc_masks[idx][..., None]
+                    blender.add(idx, np.where(m, pred[j], proc_frames[idx]))
+            done = [idx for idx in window.neighbors if last[idx] == k and lo <= idx < hi]
             for idx in done:
                 comp = blender.pop(idx)
                 if geo.resized:
                     comp = resize_frames(comp[None], geo.original)[0]
-                result[idx] = np.where(out_masks[idx][..., None], comp, frames[idx])
+                result[idx - lo] = np.where(out_masks[idx][..., None], comp, frames[idx])
             if progress is not None and done:
                 progress(len(done))
 
@@ -378,6 +408,6 @@ class Inpainter:
         if len(blender):  # cannot happen: every frame has a last window
             raise RuntimeError("frames left unfinished by the protocol")
         stats["seconds"] = time.perf_counter() - t0
-        stats["frames_per_second"] = n / stats["seconds"] if stats["seconds"] > 0 else float("inf")
+        stats["frames_per_second"] = (hi - lo) / stats["seconds"] if stats["seconds"] > 0 else float("inf")
         stats["compiled_shapes"] = len(stats["window_shapes"])
-        return InpaintResult(result, out_masks, windows, geo, stats)
+        return InpaintResult(result, out_masks[lo:hi], windows, geo, stats)

@@ -3,7 +3,8 @@
 One iteration (`make_train_step`): the generator runs once (jax.vjp); its output feeds the discriminator
 update (stop-gradient), then the generator update with the updated discriminator: hole L1 + valid L1 +
 adversarial weight x GAN loss (+ flow weight x L1 to a frozen SPyNet's flows for models that declare the
-'flow' loss, E2FGVI). Spectral-norm vectors do one power iteration per D forward as in the official
+'flow' loss, E2FGVI). With loss.adversarial_weight = 0 (pure L1 training) the discriminator is neither run nor
+updated: the step is the generator's alone and d_loss / g_adv / d_grad_norm are not logged. Spectral-norm vectors do one power iteration per D forward as in the official
 trainers (D(real), D(fake) for D; D(comp) for G). Adam with step decay at the milestones, for G and D.
 
 Generators whose registry entry has train_inputs='flow_guided' (ProPainter) get the inputs of the official
@@ -257,6 +258,7 @@ def make_train_step(config, built: Models):
     joint = config.model.disc_joint_clip
     dtype = jnp.dtype(config.dtype)
     with_flows = flow_targets is not None and cl.flow_weight > 0
+    adversarial = cl.adversarial_weight != 0
 
     def d_apply(params, spectral, clip):
         if joint:  # the official trainers: all B*T frames of the (per-device) batch form one clip
@@ -281,6 +283,25 @@ def make_train_step(config, built: Models):
 
         (pred, flows), g_vjp = jax.vjp(g_forward, state.g_params)
         comp = frames * (1.0 - masks) + pred * masks
+
+        if not adversarial:  # no GAN term: D is neither run nor updated (the state keeps it as it is)
+            def l1_loss_fn(pred, flows):
+                hole, valid = losses.hole_valid_l1(pred, frames, masks)
+                terms = {"hole_l1": hole, "valid_l1": valid}
+                total = cl.hole_weight * hole + cl.valid_weight * valid
+                if with_flows:
+                    terms["flow_l1"] = losses.flow_l1(flows, jax.lax.stop_gradient(flow_targets(frames, nl)))
+                    total = total + cl.flow_weight * terms["flow_l1"]
+                return total, terms
+
+            (g_loss, terms), (d_pred, d_flows) = jax.value_and_grad(
+                l1_loss_fn, argnums=(0, 1), has_aux=True)(pred, flows)
+            (g_grads,) = g_vjp((d_pred, d_flows))
+            g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
+            g_norm = optax.tree.norm(g_grads)
+            new_state = guarded_update(state, all_finite(g_loss, g_norm),
+                                       g_params=optax.apply_updates(state.g_params, g_updates), g_opt=g_opt)
+            return new_state, {"g_loss": g_loss, **terms, "g_grad_norm": g_norm, "lr": lr_fn(state.step)}
 
         # --- discriminator step ------------------------------------------------------------------
         def d_loss_fn(d_params):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ def test_loss_goes_down_on_a_fixed_clip(name):
     # 2-frame clips (compile-bound: 3 frames cost ~45 s more in all for the same verdict)
     c = helpers.config(name, batch_size=1, **{"loss.adversarial_weight": 0.0, "optim.lr": 1e-4, "data.num_frames": 2})
     state, step, mesh = _setup(c)
+    d_before = jax.device_get(state.d_params)
     batch = shd.global_batch(helpers.fixed_batch(c), mesh)
     l1 = []
     for _ in range(20):
@@ -43,6 +45,9 @@ def test_loss_goes_down_on_a_fixed_clip(name):
     assert np.all(np.isfinite(l1)), l1
     assert np.mean(l1[-5:]) < 0.85 * np.mean(l1[:3]), l1  # (batch 1: single steps are noisy)
     assert int(state.step) == 20
+    # adversarial weight 0: the discriminator is neither run nor updated
+    assert "d_loss" not in m and "g_adv" not in m
+    chex.assert_trees_all_equal(jax.device_get(state.d_params), d_before)
 
 
 @pytest.mark.slow
