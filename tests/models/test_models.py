@@ -95,7 +95,7 @@ def test_discriminator_shapes_and_train_mode_updates_vectors():
 # sttn: blocks take arrays only; ecformer: blocks take a static clip length (static_argnums), like the others
 @pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,size", [("sttn", SMALL_STTN, (32, 64)),
-                                               ("ecformer", dict(hidden=32, heads=2, ffn_hidden=98, num_blocks=2,
+                                               ("ecformer", dict(hidden=32, heads=2, ffn_hidden=98, num_blocks=1,
                                                                  topk=16, se_reduction=4), (48, 96))])
 def test_remat_keeps_parameters_outputs_and_gradients(name, kwargs, size):
     x, m = _clip(1, 2, *size)
