@@ -121,8 +121,12 @@ class P3DBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, valid=None):
+        """valid (N,): 0 for frames outside the video (a chunk's halo past its ends), which the temporal conv
+        must see as its zero padding."""
         x = _lrelu(Conv3d(self.features, (1, 3, 3), self.stride, 1, dtype=self.dtype, name="conv1")(x))
+        if valid is not None:
+            x = x * valid[None, :, None, None, None].astype(x.dtype)
         return Conv3d(self.features, (3, 1, 1), 1, 2, 2, dtype=self.dtype, name="conv2")(x)
 
 
@@ -215,6 +219,10 @@ class EdgeDetection(nn.Module):
 
 DECODE_FRAMES = 8  # frames decoded at a time: the decoder's full-resolution 32-channel maps of every frame never
 # exist at once (80 720p frames: 9.3 GB for one of them)
+ENCODE_FRAMES = 16  # frames encoded at a time in clips longer than ENCODE_FRAMES + 2 * HALO: the encoder's
+# 1/2-resolution maps of every frame never exist at once (80 720p frames: 2.3 GB each)
+HALO = 8  # the encoder's reach in time: four temporal convs of dilation 2 (each chunk encodes HALO more frames
+# on each side, whose values its edges spoil, and keeps its middle ENCODE_FRAMES: the same numbers)
 
 
 class RecurrentFlowCompleteNet(nn.Module):
@@ -252,18 +260,25 @@ class RecurrentFlowCompleteNet(nn.Module):
             raise ValueError(f"RecurrentFlowCompleteNet: masks {tuple(masks.shape)} must match the flows "
                              f"{tuple(masked_flows.shape)} in (B, N, H, W)")
         x = jnp.concatenate([masked_flows.astype(jnp.float32), masks.astype(jnp.float32)], axis=-1)
-        x = _lrelu(self.downsample(x))
-        self.sow("intermediates", "downsample_out", x)
-        for block in self.encoder1:
-            x = _lrelu(block(x))
-        feat_e1 = x
-        self.sow("intermediates", "encoder1_out", x)
-        for block in self.encoder2:
-            x = _lrelu(block(x))
-        self.sow("intermediates", "encoder2_out", x)
-        for conv in self.mid_dilation:
-            x = _lrelu(conv(x))
-        self.sow("intermediates", "mid_dilation_out", x)
+        if n <= ENCODE_FRAMES + 2 * HALO:
+            x, feat_e1 = self._encode(x, record=True)
+        else:  # ENCODE_FRAMES frames at a time, each chunk with HALO frames of context on each side
+            chunks = -(-n // ENCODE_FRAMES)
+            span = ENCODE_FRAMES + 2 * HALO
+            padded = jnp.pad(x, ((0, 0), (HALO, chunks * ENCODE_FRAMES - n + HALO), (0, 0), (0, 0), (0, 0)))
+            valid = jnp.pad(jnp.ones((n,), x.dtype), (HALO, chunks * ENCODE_FRAMES - n + HALO))
+
+            def chunk(mdl, carry, start, padded, valid):
+                part = jax.lax.dynamic_slice_in_dim(padded, start, span, axis=1)
+                y, e1 = mdl._encode(part, jax.lax.dynamic_slice_in_dim(valid, start, span))
+                return carry, (y[:, HALO:HALO + ENCODE_FRAMES], e1[:, HALO:HALO + ENCODE_FRAMES])
+
+            scan = nn.scan(chunk, variable_broadcast="params", split_rngs={"params": False},
+                           in_axes=(0, nn.broadcast, nn.broadcast))
+            _, (x, feat_e1) = scan(self, None, jnp.arange(chunks) * ENCODE_FRAMES, padded, valid)
+            # (chunks, B, F, ...) -> (B, N, ...)
+            join = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, chunks * ENCODE_FRAMES, *a.shape[3:])[:, :n]  # noqa
+            x, feat_e1 = join(x), join(feat_e1)
         x, aligned = self.feat_prop_module(x)
         self.sow("intermediates", "feat_prop_module.deform_align.backward_", aligned)
         x = x.reshape(b * n, *x.shape[2:])
@@ -284,6 +299,24 @@ class RecurrentFlowCompleteNet(nn.Module):
         if self.training or self.is_initializing():  # init creates the edge detector's params too
             edges = self.detect_edges(flow)
         return flow, (edges if self.training else None)
+
+    def _encode(self, x, valid=None, record: bool = False):
+        """downsample, encoder1, encoder2, mid_dilation on (B, F, H, W, 3) inputs -> (1/8 features, encoder1's
+        1/4 features); valid (F,): see P3DBlock."""
+        sow = (lambda name, v: self.sow("intermediates", name, v)) if record else (lambda name, v: None)
+        x = _lrelu(self.downsample(x))
+        sow("downsample_out", x)
+        for block in self.encoder1:
+            x = _lrelu(block(x, valid))
+        feat_e1 = x
+        sow("encoder1_out", x)
+        for block in self.encoder2:
+            x = _lrelu(block(x, valid))
+        sow("encoder2_out", x)
+        for conv in self.mid_dilation:
+            x = _lrelu(conv(x))
+        sow("mid_dilation_out", x)
+        return x, feat_e1
 
     def _decode(self, x, feat_e1, record: bool = False):
         """The per-frame decoder: propagated features (F, h/4, w/4, 128) + encoder1 features -> flows (F, H, W, 2)."""

@@ -111,8 +111,9 @@ def test_calls_tuples_training_edges_and_bad_input():
 
 
 @pytest.mark.slow
-def test_long_clips_decode_a_few_frames_at_a_time(monkeypatch):
-    """More than DECODE_FRAMES frames: the decoder runs group by group (the last padded), same flows."""
+def test_long_clips_encode_and_decode_a_few_frames_at_a_time(monkeypatch):
+    """Long clips: the encoder runs chunk by chunk with HALO frames of context (the chunks' edges cut the clip),
+    the decoder group by group (the last padded), with the same flows."""
     import jax.numpy as jnp
 
     from ecformer_jax.models import flow_completion as fc
@@ -120,12 +121,14 @@ def test_long_clips_decode_a_few_frames_at_a_time(monkeypatch):
     model = models.build("recurrent_flow_completion")
     variables = models.init(model, "recurrent_flow_completion")
     rng = np.random.default_rng(3)
-    flows = jnp.asarray(rng.standard_normal((1, 5, 16, 24, 2)), jnp.float32)
-    masks = jnp.asarray(rng.random((1, 6, 16, 24, 1)) > 0.6, jnp.float32)
+    flows = jnp.asarray(rng.standard_normal((1, 21, 16, 24, 2)), jnp.float32)
+    masks = jnp.asarray(rng.random((1, 22, 16, 24, 1)) > 0.6, jnp.float32)
     run = lambda: jax.jit(lambda v: model.apply(v, (flows, flows[:, ::-1]), masks,  # noqa: E731
                                                 method="forward_bidirect_flow")[0])(variables)
-    whole = run()
-    monkeypatch.setattr(fc, "DECODE_FRAMES", 2)  # 5 frames: groups of 2, 2 and 1 (+1 padding)
+    monkeypatch.setattr(fc, "DECODE_FRAMES", 32)
+    whole = run()  # 21 frames: encoded at once (21 <= 16 + 2 * HALO) and decoded at once
+    monkeypatch.setattr(fc, "ENCODE_FRAMES", 4)  # 21 frames: 6 chunks of 4 (+3 padding), each 4 + 16 frames
+    monkeypatch.setattr(fc, "DECODE_FRAMES", 8)  # groups of 8, 8 and 5 (+3 padding)
     grouped = run()
     for a, b in zip(grouped, whole):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
