@@ -128,7 +128,8 @@ print("SHARDED-OK")
 
 @pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, "-c", SHARDED.format(root=str(ROOT))], env=env, capture_output=True,
                          text=True, cwd=ROOT, timeout=900)
     assert "SHARDED-OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
