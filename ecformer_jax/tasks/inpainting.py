@@ -4,9 +4,9 @@ One iteration (`make_train_step`): the generator runs once (jax.vjp); its output
 update (stop-gradient), then the generator update with the updated discriminator: hole L1 + valid L1 +
 adversarial weight x GAN loss (+ flow weight x L1 to a frozen SPyNet's flows for models that declare the
 'flow' loss, E2FGVI). Spectral-norm vectors do one power iteration per D forward as in the official trainers
-(D(real), D(fake) for D; D(comp) for G). Adam with step decay at the milestones, for G and D. With loss.adversarial_weight = 0 (pure L1
-training) the discriminator is neither run nor updated: the step is the generator's alone and d_loss / g_adv /
-d_grad_norm are not logged.
+(D(real), D(fake) for D; D(comp) for G). Adam with step decay at the milestones, for G and D. With
+loss.adversarial_weight = 0 (pure L1 training) the discriminator is neither run nor updated: the step is the
+generator's alone and d_loss / g_adv / d_grad_norm are not logged.
 
 Generators whose registry entry has train_inputs='flow_guided' (ProPainter) get the inputs of the official
 ProPainter trainer, built without gradient: a frozen RAFT (model.raft_checkpoint, model.raft_iters) gives the
