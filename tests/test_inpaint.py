@@ -330,12 +330,12 @@ def _upsampled_holes(masks, size):
 
 @pytest.mark.slow
 def test_window_memory_does_not_grow_with_length(tiny_fuseformer):
-    """100 vs 400 frames: the same window shapes go to the device and the live device bytes peak at the
+    """100 vs 200 frames: the same window shapes go to the device and the live device bytes peak at the
     same value; only the host arrays grow."""
     model, variables = tiny_fuseformer
     inpainter = Inpainter("fuseformer", model, variables, track_memory=True)
     stats = {}
-    for n in (100, 400):
+    for n in (100, 200):
         frames, masks = synthetic_clip(n, 16, 24, seed=n)
         gc.collect()
         result = inpainter(frames, masks)
@@ -343,13 +343,13 @@ def test_window_memory_does_not_grow_with_length(tiny_fuseformer):
         known = ~result.masks
         np.testing.assert_array_equal(result.frames[known], frames[known])
         del result
-    a, b = stats[100], stats[400]
+    a, b = stats[100], stats[200]
     assert a["max_window_frames"] == b["max_window_frames"] == 18
     assert set(a["window_shapes"]) == set(b["window_shapes"])  # no new compiles for the longer video
     assert a["window_bytes"] == b["window_bytes"] < 100_000
     assert b["peak_live_bytes"] <= a["peak_live_bytes"] + 4096, (a["peak_live_bytes"], b["peak_live_bytes"])
     print(f"window bytes {a['window_bytes']}, peak live device bytes {a['peak_live_bytes']} (100 frames) vs "
-          f"{b['peak_live_bytes']} (400 frames)")
+          f"{b['peak_live_bytes']} (200 frames)")
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
