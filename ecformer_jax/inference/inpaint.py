@@ -106,8 +106,7 @@ def inpaint(checkpoint, video, mask, output, model_name=None, overwrite=False, d
         name, model, variables, neighbor_stride=None if neighbor_length is None else neighbor_length // 2,
         ref_stride=ref_stride, subvideo_length=subvideo_length, mask_dilation=mask_dilation, resize=resize,
         resize_ratio=resize_ratio, track_memory=track_memory)
-    windows, geo = inpainter.plan(n, (h, w))
-    windows = [x for x in windows if any(lo <= i < hi for i in x.neighbors)]
+    windows, geo = inpainter.plan(n, (h, w), (lo, hi))
     fps = fps or read_fps(video, 24.0)
     if verbose:
         plural = "s" if len(windows) != 1 else ""

@@ -324,11 +324,16 @@ class Inpainter:
         self.track_memory = track_memory
         self._variables = jax.device_put(variables)
 
-    def plan(self, num_frames: int, size: tuple[int, int]) -> tuple[list[Window], Geometry]:
+    def plan(self, num_frames: int, size: tuple[int, int],
+             frame_range: tuple[int, int] | None = None) -> tuple[list[Window], Geometry]:
+        """The windows to run (those whose neighbours include a frame of frame_range, default all) and the
+        geometry."""
         windows = schedule(num_frames, self.neighbor_stride, self.ref_stride, self.subvideo_length)
         if self.protocol.local_frames and min(w.num_local for w in windows) < 2:
             raise ValueError(f"{self.name} needs at least 2 frames (its flow completion works on pairs of "
                              f"neighbouring frames); the video has {num_frames}")
+        lo, hi = check_frame_range(frame_range, num_frames)
+        windows = [w for w in windows if any(lo <= i < hi for i in w.neighbors)]
         return windows, plan_geometry(self.size_rule, size, self.resize, self.resize_ratio)
 
     def __call__(self, frames: np.ndarray, masks: np.ndarray, progress: Callable[[int], Any] | None = None,
@@ -344,9 +349,8 @@ class Inpainter:
 
         frames, masks = check_video_arrays(frames, masks)
         n, height, width, _ = frames.shape
-        windows, geo = self.plan(n, (height, width))
         lo, hi = check_frame_range(frame_range, n)
-        windows = [w for w in windows if any(lo <= i < hi for i in w.neighbors)]
+        windows, geo = self.plan(n, (height, width), (lo, hi))
         last = last_window(windows, n, range(lo, hi))
         masks = masks.astype(bool)
 
