@@ -285,18 +285,18 @@ def make_train_step(config, built: Models):
         (pred, flows), g_vjp = jax.vjp(g_forward, state.g_params)
         comp = frames * (1.0 - masks) + pred * masks
 
-        if not adversarial:  # no GAN term: D is neither run nor updated (the state keeps it as it is)
-            def l1_loss_fn(pred, flows):
-                hole, valid = losses.hole_valid_l1(pred, frames, masks)
-                terms = {"hole_l1": hole, "valid_l1": valid}
-                total = cl.hole_weight * hole + cl.valid_weight * valid
-                if with_flows:
-                    terms["flow_l1"] = losses.flow_l1(flows, jax.lax.stop_gradient(flow_targets(frames, nl)))
-                    total = total + cl.flow_weight * terms["flow_l1"]
-                return total, terms
+        def reconstruction(pred, flows):  # the generator's terms without D: hole / valid L1 (+ flow L1)
+            hole, valid = losses.hole_valid_l1(pred, frames, masks)
+            terms = {"hole_l1": hole, "valid_l1": valid}
+            total = cl.hole_weight * hole + cl.valid_weight * valid
+            if with_flows:
+                terms["flow_l1"] = losses.flow_l1(flows, jax.lax.stop_gradient(flow_targets(frames, nl)))
+                total = total + cl.flow_weight * terms["flow_l1"]
+            return total, terms
 
+        if not adversarial:  # no GAN term: D is neither run nor updated (the state keeps it as it is)
             (g_loss, terms), (d_pred, d_flows) = jax.value_and_grad(
-                l1_loss_fn, argnums=(0, 1), has_aux=True)(pred, flows)
+                reconstruction, argnums=(0, 1), has_aux=True)(pred, flows)
             (g_grads,) = g_vjp((d_pred, d_flows))
             g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
             g_norm = optax.tree.norm(g_grads)
@@ -316,17 +316,11 @@ def make_train_step(config, built: Models):
 
         # --- generator step (adversarial term with the updated D) ---------------------------------
         def g_loss_fn(pred, flows):
-            hole, valid = losses.hole_valid_l1(pred, frames, masks)
+            total, terms = reconstruction(pred, flows)
             c = frames * (1.0 - masks) + pred * masks
             fake, new_spectral = d_apply(d_params, spectral, c)
-            adv = losses.generator_adversarial_loss(fake, cl.gan_type)
-            terms = {"hole_l1": hole, "valid_l1": valid, "g_adv": adv}
-            total = cl.hole_weight * hole + cl.valid_weight * valid + cl.adversarial_weight * adv
-            if with_flows:
-                targets = jax.lax.stop_gradient(flow_targets(frames, nl))
-                terms["flow_l1"] = losses.flow_l1(flows, targets)
-                total = total + cl.flow_weight * terms["flow_l1"]
-            return total, (terms, new_spectral)
+            terms["g_adv"] = losses.generator_adversarial_loss(fake, cl.gan_type)
+            return total + cl.adversarial_weight * terms["g_adv"], (terms, new_spectral)
 
         (g_loss, (terms, spectral)), (d_pred, d_flows) = jax.value_and_grad(
             g_loss_fn, argnums=(0, 1), has_aux=True)(pred, flows)
