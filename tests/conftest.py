@@ -69,7 +69,6 @@ LONGEST = (
     "tests/training/test_step.py::test_train_step_runs_for_generator[e2fgvi_hq]",  # 66
     "tests/training/test_propainter_training.py::test_flow_completion_loss_goes_down_on_a_fixed_clip",  # 53
     "tests/test_aot_compile.py::test_train_step_compiles_for_a_v5e_topology",  # 52
-    "tests/training/test_step.py::test_sharded_step_equals_single_device_step",  # 46
 )
 
 

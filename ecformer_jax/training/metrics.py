@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from etils import epath
 from PIL import Image
 
 from ecformer_jax.paths import is_remote
+
+
+def _tensorboardx():
+    """tensorboardX, imported without PyTorch where torch is not loaded yet: it imports torch only to accept
+    torch tensors (1-2 s and ~300 MB per process), and it is given floats and numpy arrays here."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        import tensorboardX
+        return tensorboardX
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects without torch
+    try:
+        import tensorboardX
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
 
 
 class MetricWriter:
@@ -25,9 +40,7 @@ class MetricWriter:
         self._tb = None
         if enabled:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
+            self._tb = _tensorboardx().SummaryWriter(os.fspath(self.workdir / "tensorboard"))
             self._jsonl = _JsonLines(self.workdir / "metrics.jsonl")
 
     def scalars(self, step: int, values: dict):

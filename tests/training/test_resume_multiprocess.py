@@ -1,7 +1,8 @@
-"""2 processes x 2 devices train exactly like 1 process x 4 devices, and a 2-process run killed with SIGKILL
-and restarted continues with the same numbers. One 1-process run (local workdir) and one 2-process run
-(killed, resumed) whose workdir is gs://... on a local GCS emulator, as on a TPU pod: checkpoints (orbax /
-TensorStore), metrics, TensorBoard and the data iterator state all go through the remote path."""
+"""A pod in miniature: 2 processes x 2 devices, data parallel with the parameters sharded over all 4 devices
+(mesh.shard_params, FSDP), train exactly like 1 process on 1 device, and the 2-process run killed with SIGKILL
+and restarted continues with the same numbers. The 2-process run's workdir is gs://... on a local GCS emulator,
+as on a TPU pod: sharded checkpoints (orbax / TensorStore, each process writing its shards), metrics,
+TensorBoard and the data iterator state all go through the remote path; the 1-process run's is a local folder."""
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ def get_config():
     c.async_checkpoints = True
     c.data.synthetic_videos = 4
     c.seed = 7
+    c.mesh.shard_params = {fsdp}
     return c
 """
 LOSSES = ("g_loss", "d_loss", "hole_l1", "valid_l1")
@@ -75,18 +77,19 @@ def _start_two(cfg, workdir, out, **popen):
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_after_sigkill(tmp_path):
-    cfg = tmp_path / "cfg.py"
-    cfg.write_text(CONFIG.format(steps=STEPS))
-    cfg = str(cfg)
+    cfgs = []
+    for fsdp in (False, True):
+        cfgs.append(tmp_path / f"cfg_{fsdp}.py")
+        cfgs[-1].write_text(CONFIG.format(steps=STEPS, fsdp=fsdp))
     one, two = str(tmp_path / "one"), f"gs://{gcs_emulator.BUCKET}/{tmp_path.name}/two"
     with gcs_emulator.running():
-        _run(cfg, one, two, tmp_path)
+        _run(*map(str, cfgs), one, two, tmp_path)
 
 
-def _run(cfg, one, two, tmp_path):
-    res = subprocess.run([sys.executable, WORKER, cfg, one, str(tmp_path / "one.npz")], env=_env(4),
+def _run(cfg_one, cfg, one, two, tmp_path):
+    res = subprocess.run([sys.executable, WORKER, cfg_one, one, str(tmp_path / "one.npz")], env=_env(1),
                          capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert res.returncode == 0 and "WORKER-DONE 0 4" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+    assert res.returncode == 0 and "WORKER-DONE 0 1 sharded 0" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
 
     # 2 processes, killed with SIGKILL once step 3 is logged and the step-2 checkpoint is complete ...
     procs = _start_two(cfg, two, str(tmp_path / "two.npz"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,6 +112,8 @@ def _run(cfg, one, two, tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "WORKER-DONE" in out, out[-2000:] + err[-4000:]
     assert "WORKER-DONE 1 4" in outs[1][0]  # process 1 saw the 4 global devices
+    sharded = int(outs[1][0].split("sharded")[-1].split()[0])
+    assert sharded > 0, "mesh.shard_params sharded no parameter"
 
     # kill and resume: a step logged before the kill and again after the restart has the same numbers
     replayed = _rows(two)[len(before):]
@@ -119,7 +124,8 @@ def _run(cfg, one, two, tmp_path):
         for key in LOSSES:
             assert r[key] == pytest.approx(first[r["step"]][key], rel=1e-5, abs=1e-7), (r["step"], key)
 
-    # 2 processes == 1 process: the losses of every step after the restored checkpoint, and the parameters
+    # 2 processes x 2 devices, sharded == 1 process on 1 device: the losses of every step after the restored
+    # checkpoint, and the parameters
     m1, m2 = _metrics(one), _metrics(two)
     for r in replayed:
         for key in LOSSES:
@@ -130,7 +136,7 @@ def _run(cfg, one, two, tmp_path):
     for k in p1.files:
         if k.endswith("key/bias"):  # no effect on attention (softmax is shift invariant): its gradient is noise
             continue
-        # the same math; only the all-reduce order differs (gloo across processes vs in-process). Adam with
+        # the same math; only the summation order differs (4 per-device sums reduced by gloo vs one). Adam with
         # beta1=0 turns a gradient of ~0 into a +-lr step, so an element whose gradient is ~0 may flip: compare
         # each tensor as a whole and allow a handful of such elements.
         diff = np.linalg.norm(p2[k] - p1[k]) / max(np.linalg.norm(p1[k]), 1e-12)

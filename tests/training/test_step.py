@@ -1,10 +1,6 @@
-"""The inpainting task's jitted train step: learning, the NaN guard, a step for every generator, sharding
-equivalence."""
+"""The inpainting task's jitted train step: learning, the NaN guard, a step for every generator (sharding
+equivalence, data parallel and FSDP over processes: test_resume_multiprocess.py)."""
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -15,7 +11,6 @@ from ecformer_jax import configs, models, tasks
 from ecformer_jax.training import sharding as shd
 from ecformer_jax.training.loop import setup
 from ecformer_jax.training.state import NonFiniteError, check_finite
-from tests.conftest import ROOT
 from tests.training import helpers
 
 
@@ -95,43 +90,3 @@ def test_train_step_runs_for_generator(name):
         assert "flow_l1" in m
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, jax.device_get(state.g_params))
     assert any(jax.tree.leaves(changed))
-
-
-SHARDED = r"""
-import os, sys
-sys.path.insert(0, {root!r})
-import jax, numpy as np
-jax.config.update("jax_default_matmul_precision", "highest")
-from tests.training import helpers
-from tests.training.test_step import _setup
-from ecformer_jax.training import sharding as shd
-assert jax.device_count() == 8
-from ecformer_jax import configs
-c = configs.get_config("sttn:micro")
-c.batch_size = 8
-batch = helpers.fixed_batch(c)
-results = []
-for n, fsdp in ((1, False), (8, True)):  # 8-way data parallel with the parameters sharded over the same axis
-    c.mesh.shard_params = fsdp
-    state, step, mesh = _setup(c, shd.make_mesh(n))
-    for _ in range(2):
-        state, m = step(state, shd.global_batch(batch, mesh))
-    if fsdp:
-        specs = [s.spec for s in jax.tree.leaves(jax.tree.map(lambda a: a.sharding, state.g_params))]
-        assert any(shd.DATA in tuple(s) for s in specs), "shard_params did not shard any parameter"
-    results.append((jax.device_get(state.g_params), float(m["g_loss"])))
-for params, loss in results[1:]:
-    assert abs(loss - results[0][1]) < 1e-4 * max(1, abs(loss)), (loss, results[0][1])
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][0])):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-print("SHARDED-OK")
-"""
-
-
-@pytest.mark.slow
-def test_sharded_step_equals_single_device_step():
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, "-c", SHARDED.format(root=str(ROOT))], env=env, capture_output=True,
-                         text=True, cwd=ROOT, timeout=900)
-    assert "SHARDED-OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]

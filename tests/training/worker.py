@@ -26,14 +26,15 @@ def main():
 
     config = configs.get_config(config_path)
     state = train(config, workdir, tasks.for_config(config))
-    # parameters are replicated: every process holds the whole value on each of its devices
-    params = jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data), state.g_params)
+    # parameters may be sharded over the processes (mesh.shard_params): gather the whole values on every process
+    sharded = sum(not a.sharding.is_fully_replicated for a in jax.tree.leaves(state.g_params))
+    params = multihost_utils.process_allgather(state.g_params, tiled=True)
     multihost_utils.sync_global_devices("worker-done")
     if jax.process_index() == 0:
         flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
                 for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         np.savez(out, **flat)
-    print("WORKER-DONE", jax.process_index(), jax.device_count())
+    print("WORKER-DONE", jax.process_index(), jax.device_count(), "sharded", sharded)
 
 
 if __name__ == "__main__":
