@@ -23,12 +23,13 @@ always are, and `layers.padding.pad_to_multiple` / `crop` do the official test-t
 
 Intermediates (apply(..., mutable=["intermediates"])): encoder_out, update_spynet/basic_module.5
 (finest SPyNet residual; SPyNet runs both directions as one batch, the first B*(L-1) rows are the
-flows_forward pairs), feat_prop/align_backward and align_forward (raw deformable-alignment outputs,
-one per step from step 1), feat_prop_out (B, L, h, w, C), transformer.{i} (tokens (B, T, nh, nw, C)),
+flows_forward pairs), feat_prop/align_backward (the backward branch's first raw deformable-alignment
+output, step 1), feat_prop_out (B, L, h, w, C), transformer.{i} (tokens (B, T, nh, nw, C)),
 sc_out, decoder_out (pre-tanh).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -216,46 +217,59 @@ class BidirectionalPropagation(nn.Module):
     L-1; step s >= 1 of EITHER branch uses flows[:, s - 1] (and flows[:, s - 2] for the second-order
     flow) - for the backward branch this index is not reversed (official quirk). Returns
     fusion(cat[backward, forward]) + x, (B, L, H, W, C).
+
+    Steps 1..L-1 of a branch are one scan (`_step`): the program, and its compile time, do not grow with L.
     """
 
     channels: int = 128
     dtype: Any = jnp.float32
 
-    @nn.compact
+    def setup(self):
+        for name in ("backward", "forward"):
+            setattr(self, f"deform_align_{name}", SecondOrderDeformableAlignment(dtype=self.dtype))
+            setattr(self, f"backbone_{name}", PropagationBackbone(self.channels, self.dtype))
+        self.fusion = conv2d(self.channels, 1, dtype=self.dtype)
+
+    def _step(self, carry, xs, name: str):
+        """Step s >= 1 of a branch. carry: (result of step s-1, result of step s-2 (zeros at s = 1), the first
+        alignment); xs: (s, current frame, flows[:, s-1], flows[:, s-2] (zeros at s = 1)[, backward result])."""
+        feat_prop, feat_n2, first = carry
+        s, current, flow_n1, flow_prev, *others = xs
+        cond_n1 = flow_warp(feat_prop, flow_n1)
+        flow_n2 = jnp.where(s > 1, flow_n1 + flow_warp(flow_prev, flow_n1), jnp.zeros_like(flow_n1))
+        cond_n2 = flow_warp(feat_n2, flow_n2)  # zeros at s = 1 (zero features, zero flow)
+        aligned = getattr(self, f"deform_align_{name}")(jnp.concatenate([feat_prop, feat_n2], axis=-1),
+                                                        jnp.concatenate([cond_n1, current, cond_n2], axis=-1),
+                                                        flow_n1, flow_n2)
+        first = jnp.where(s == 1, aligned.astype(first.dtype), first)
+        result = aligned + getattr(self, f"backbone_{name}")(jnp.concatenate([current, *others, aligned], axis=-1))
+        return (result, feat_prop, first), result
+
     def __call__(self, x, backward_branch_flows, forward_branch_flows):
         b, lt, h, w, c = x.shape
-        spatial = [x[:, i] for i in range(lt)]
+        time_major = lambda a: jnp.moveaxis(a, 1, 0)  # noqa: E731
         branches = {}
-        for name, flows, order in (("backward", backward_branch_flows, range(lt - 1, -1, -1)),
-                                   ("forward", forward_branch_flows, range(lt))):
-            align = SecondOrderDeformableAlignment(dtype=self.dtype, name=f"deform_align_{name}")
-            backbone = PropagationBackbone(self.channels, self.dtype, name=f"backbone_{name}")
-            out = []
-            feat_prop = jnp.zeros((b, h, w, self.channels), x.dtype)
-            for step, idx in enumerate(order):
-                current = spatial[idx]
-                if step > 0:
-                    flow_n1 = flows[:, step - 1]
-                    cond_n1 = flow_warp(feat_prop, flow_n1)
-                    if step > 1:
-                        feat_n2 = out[-2]
-                        flow_n2 = flow_n1 + flow_warp(flows[:, step - 2], flow_n1)
-                        cond_n2 = flow_warp(feat_n2, flow_n2)
-                    else:
-                        feat_n2 = jnp.zeros_like(feat_prop)
-                        flow_n2 = jnp.zeros_like(flow_n1)
-                        cond_n2 = jnp.zeros_like(cond_n1)
-                    feat_prop = align(jnp.concatenate([feat_prop, feat_n2], axis=-1),
-                                      jnp.concatenate([cond_n1, current, cond_n2], axis=-1), flow_n1, flow_n2)
-                    self.sow("intermediates", f"align_{name}", feat_prop)
-                parts = [current] + ([branches["backward"][idx]] if name == "forward" else []) + [feat_prop]
-                feat_prop = feat_prop + backbone(jnp.concatenate(parts, axis=-1))
-                out.append(feat_prop)
-            branches[name] = out[::-1] if name == "backward" else out
-        fusion = conv2d(self.channels, 1, dtype=self.dtype, name="fusion")
-        fused = [fusion(jnp.concatenate([branches["backward"][i], branches["forward"][i]], axis=-1))
-                 for i in range(lt)]
-        return jnp.stack(fused, axis=1) + x
+        for name, flows, order in (("backward", backward_branch_flows, np.arange(lt - 1, -1, -1)),
+                                   ("forward", forward_branch_flows, np.arange(lt))):
+            zeros = jnp.zeros((b, h, w, self.channels), x.dtype)
+            others = [branches["backward"][:, order]] if name == "forward" else []
+            first = getattr(self, f"backbone_{name}")(jnp.concatenate([x[:, order[0]], *[o[:, 0] for o in others],
+                                                                        zeros], axis=-1))  # step 0: no alignment
+            out = [first[:, None]]
+            if lt > 1:
+                flows = time_major(flows[:, :lt - 1])
+                xs = (jnp.arange(1, lt), time_major(x[:, order[1:]]), flows,
+                      jnp.concatenate([jnp.zeros_like(flows[:1]), flows[:-1]]),
+                      *[time_major(o[:, 1:]) for o in others])
+                scan = nn.scan(functools.partial(BidirectionalPropagation._step, name=name),
+                               variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
+                (_, _, aligned), results = scan(self, (first, zeros, zeros), xs)
+                if name == "backward":
+                    self.sow("intermediates", "align_backward", aligned)
+                out.append(jnp.moveaxis(results, 0, 1))
+            out = jnp.concatenate(out, axis=1)
+            branches[name] = out[:, order] if name == "backward" else out  # back to frame order
+        return self.fusion(jnp.concatenate([branches["backward"], branches["forward"]], axis=-1)) + x
 
 
 # --- transformer ----------------------------------------------------------------------------------
