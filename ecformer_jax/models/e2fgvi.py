@@ -209,6 +209,9 @@ class PropagationBackbone(nn.Module):
         return conv2d(self.channels, 3, dtype=self.dtype, name="conv1")(x)
 
 
+UNROLLED_STEPS = 2  # propagation steps per branch written out; more are one scan
+
+
 class BidirectionalPropagation(nn.Module):
     """BasicVSR++-style second-order, flow-guided deformable propagation (E2FGVI's feat_prop_module).
 
@@ -218,7 +221,8 @@ class BidirectionalPropagation(nn.Module):
     flow) - for the backward branch this index is not reversed (official quirk). Returns
     fusion(cat[backward, forward]) + x, (B, L, H, W, C).
 
-    Steps 1..L-1 of a branch are one scan (`_step`): the program, and its compile time, do not grow with L.
+    Steps 1..L-1 of a branch are one scan (`_step`): the program, and its compile time, do not grow with L
+    (up to UNROLLED_STEPS steps are written out instead: a scan that short compiles slower than its steps).
     """
 
     channels: int = 128
@@ -261,9 +265,18 @@ class BidirectionalPropagation(nn.Module):
                 xs = (jnp.arange(1, lt), time_major(x[:, order[1:]]), flows,
                       jnp.concatenate([jnp.zeros_like(flows[:1]), flows[:-1]]),
                       *[time_major(o[:, 1:]) for o in others])
-                scan = nn.scan(functools.partial(BidirectionalPropagation._step, name=name),
-                               variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
-                (_, _, aligned), results = scan(self, (first, zeros, zeros), xs)
+                carry = (first, zeros, zeros)
+                if lt - 1 <= UNROLLED_STEPS:  # a scan of one or two steps compiles slower than the steps
+                    results = []
+                    for i in range(lt - 1):
+                        carry, result = self._step(carry, [a[i] for a in xs], name)
+                        results.append(result)
+                    results = jnp.stack(results)
+                else:
+                    scan = nn.scan(functools.partial(BidirectionalPropagation._step, name=name),
+                                   variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
+                    carry, results = scan(self, carry, xs)
+                aligned = carry[2]
                 if name == "backward":
                     self.sow("intermediates", "align_backward", aligned)
                 out.append(jnp.moveaxis(results, 0, 1))
