@@ -38,7 +38,7 @@ def test_train_step_compiles_for_a_v5e_topology():
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["device_kind"].startswith("TPU v5") and report["devices"] == 4
     assert report["batch"] == 4 and report["per_chip_batch"] == 1  # the config's 2 raised to one clip per chip
-    assert report["dtype"] == "bfloat16" and report["clip"] == [2, 48, 96]
+    assert report["dtype"] == "bfloat16" and report["clip"] == [2, 32, 64]
     mem = report["per_chip_bytes"]
     # the state is donated: the updated state reuses the input buffers
     assert mem["aliased"] > 0.95 * mem["outputs"] and mem["temporary"] > 0

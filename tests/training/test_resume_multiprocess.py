@@ -21,7 +21,7 @@ from tests import gcs_emulator
 from tests.conftest import ROOT
 
 WORKER = str(ROOT / "tests" / "training" / "worker.py")
-STEPS = 8  # sttn:micro steps take well under a second: enough of them that the kill lands mid-run
+STEPS = 8  # sttn:micro steps take under half a second: enough of them that the kill lands mid-run
 
 CONFIG = """
 from ecformer_jax import configs
