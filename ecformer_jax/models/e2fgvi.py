@@ -256,16 +256,16 @@ class BidirectionalPropagation(nn.Module):
         for name, flows, order in (("backward", backward_branch_flows, np.arange(lt - 1, -1, -1)),
                                    ("forward", forward_branch_flows, np.arange(lt))):
             zeros = jnp.zeros((b, h, w, self.channels), x.dtype)
-            others = [branches["backward"][:, order]] if name == "forward" else []
-            first = getattr(self, f"backbone_{name}")(jnp.concatenate([x[:, order[0]], *[o[:, 0] for o in others],
-                                                                        zeros], axis=-1))  # step 0: no alignment
-            out = [first[:, None]]
+            others = [branches["backward"]] if name == "forward" else []  # the forward branch's order is 0..L-1
+            step0 = getattr(self, f"backbone_{name}")(jnp.concatenate([x[:, order[0]], *[o[:, 0] for o in others],
+                                                                        zeros], axis=-1))  # no alignment
+            out = [step0[:, None]]
             if lt > 1:
                 flows = time_major(flows[:, :lt - 1])
                 xs = (jnp.arange(1, lt), time_major(x[:, order[1:]]), flows,
                       jnp.concatenate([jnp.zeros_like(flows[:1]), flows[:-1]]),
                       *[time_major(o[:, 1:]) for o in others])
-                carry = (first, zeros, zeros)
+                carry = (step0, zeros, zeros)
                 if lt - 1 <= UNROLLED_STEPS:  # a scan of one or two steps compiles slower than the steps
                     results = []
                     for i in range(lt - 1):
