@@ -30,6 +30,13 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Most tests in this process compile far longer than they run: their programs are built with XLA's "most
+# optimizations off" (LLVM -O0, no expensive passes). The e2fgvi_hq training step's compile + first run: 53 -> 34 s;
+# its later steps run 3x slower, so tests that run many steps or real-size frames are marked `optimized` and get
+# the -O1 build above (a whole suite at -O0 took 1901 instead of 1706 CPU-seconds: the ProPainter learner alone
+# 65 -> 306 s). The subprocesses the tests start (training runs of several steps) keep the -O1 build.
+if "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
+    jax.config.update("jax_disable_most_optimizations", True)
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -79,6 +86,20 @@ def pytest_collection_modifyitems(config, items):
     first, second = longest[0::2], longest[1::2]
     half = len(items) // 2 - len(first)
     items[:] = first + rest[:half] + second + rest[half:]
+
+
+@pytest.fixture(autouse=True)
+def _optimized_build(request):
+    """`@pytest.mark.optimized`: this test's programs get the optimising (-O1) build."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    saved = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", saved)
 
 
 def pytest_unconfigure(config):

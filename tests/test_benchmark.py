@@ -182,6 +182,7 @@ def test_infer_pads_like_the_inpaint_command():
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_against_official_train_side_times_the_trainers_step():
     """The JAX side of --against-official --mode train runs tasks.inpainting's step (not a copy) with the
     comparison's settings, from given generator and discriminator weights."""

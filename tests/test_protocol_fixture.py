@@ -19,6 +19,8 @@ from ecformer_jax.convert.weight_rule import state_dict_from_fixture
 from ecformer_jax.data import video_io
 from ecformer_jax.inpaint import main
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 N = 25  # frames of the video
 CHECKED = 5  # frames 0..4 are inpainted and compared
 

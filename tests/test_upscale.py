@@ -201,7 +201,9 @@ def test_upscale_training_workdir(tiny_state_dict, lr_clip, tmp_path, capsys):
     assert loaded.model == models.build("vsr_transformer", **TINY_OPTIONS)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, loaded.variables, variables)))
     video = video_io.write_frames(tmp_path / "lr", lr[:2])
-    rc, cap = _run(capsys, "--checkpoint", run, "--video", video, "--output", tmp_path / "sr", "--no-side-by-side")
+    # --batch-size 7 as in the .pth test: the same program, so the run's compilation cache already holds it
+    rc, cap = _run(capsys, "--checkpoint", run, "--video", video, "--output", tmp_path / "sr", "--no-side-by-side",
+                   "--batch-size", 7)
     assert rc == 0, cap.err
     assert "2 frames 112x64 -> 448x256" in cap.out and video_io.read_frames(tmp_path / "sr").shape == (2, 256, 448, 3)
 

@@ -3,6 +3,7 @@
 
     python tools/profile_modules.py --model e2fgvi_hq --frames 8 --num-local 5
     python tools/profile_modules.py --model e2fgvi_hq --modules SecondOrderDeformableAlignment,TemporalFocalAttention
+    python tools/profile_modules.py --model fuseformer --frames 2 --backward     # forward + backward, as in training
 
 The model is traced once (jax.eval_shape, no compute) with a method interceptor that records every call of
 the chosen submodules: by default the generator's direct children, plus the classes named in --modules. Each
@@ -14,6 +15,10 @@ share is much larger than its FLOP share is a bottleneck beyond its arithmetic (
 small matmuls). `--ablate CLASS,...` costs modules in context instead: the whole model is timed again with
 every call of CLASS replaced by a broadcast scalar (XLA drops the work), and whole - ablated is its time and FLOPs
 inside the real, fused model.
+
+`--backward` times every piece as it runs in training instead: its forward and its VJP with respect to its
+parameters and floating-point inputs, for a random cotangent of its output's shape (FLOPs likewise forward +
+backward); training's share of each piece is then read off the same table.
 
 Note: XLA counts a gather as no FLOPs, so for the modulated deformable convolution the JSON also gives the
 arithmetic of its bilinear sampling (4 taps x 2 multiply-adds x modulation per sampled value) separately.
@@ -47,12 +52,14 @@ def parse_args(argv=None):
     p.add_argument("--modules", default="", help="comma-separated module class names to profile as well")
     p.add_argument("--ablate", default="", help="comma-separated module classes to cost in context: the whole "
                    "model timed with their calls replaced by a broadcast scalar")
+    p.add_argument("--backward", action="store_true", help="time forward + backward (the VJP with respect to the "
+                   "parameters and the floating-point inputs, a random cotangent) instead of the forward alone")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--output", help="also write the JSON to this file")
     return p.parse_args(argv)
 
 
-def ablated_time(model, variables, args, kwargs, cls, iters):
+def ablated_time(model, variables, args, kwargs, cls, iters, form=lambda fn, a: (fn, a)):
     """The whole forward pass with every call of module class `cls` replaced by a broadcast scalar of its
     output shape (XLA then drops its computation): (seconds, flops). whole - ablated = its cost in context, with the
     fusion and scheduling of the real model."""
@@ -86,7 +93,7 @@ def ablated_time(model, variables, args, kwargs, cls, iters):
     jax.eval_shape(run(record), variables, *args)
     if not shapes:
         raise SystemExit(f"--ablate {cls}: the model has no module of that class")
-    secs, _, flops = time_fn(run(stand_in), (variables, *args), iters)
+    secs, _, flops = time_fn(*form(run(stand_in), (variables, *args)), iters)
     return secs, flops
 
 
@@ -166,7 +173,7 @@ def time_fn(fn, args, iters, cache_key=None):
     return statistics.median(times), compile_s, float((cost or {}).get("flops", 0.0))
 
 
-def time_dcn(module, variables, x, key, iters):
+def time_dcn(module, variables, x, key, iters, form=lambda fn, a: (fn, a)):
     """Time `modulated_deform_conv2d` with the alignment's kernel on x, offsets of a few pixels, random mask."""
     import jax
     import jax.numpy as jnp
@@ -181,7 +188,30 @@ def time_dcn(module, variables, x, key, iters):
     xs = jax.random.uniform(kx, x.shape, jnp.float32, -1, 1).astype(x.dtype)
     p = variables["params"]
     fn = lambda a, o, m, kern, b: modulated_deform_conv2d(a, o, m, kern, b, 1, module.padding, 1, 1, g)  # noqa
-    return time_fn(fn, (xs, offset, mask, p["kernel"], p["bias"]), iters)
+    return time_fn(*form(fn, (xs, offset, mask, p["kernel"], p["bias"])), iters)
+
+
+def vjp_form(fn, args, key):
+    """(g, g_args): g runs fn forward and its VJP with respect to every floating-point array in args (the
+    parameters and the float inputs) for a random cotangent of fn's output, which is g's last argument."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves, treedef = jax.tree.flatten(args)
+    is_float = [jnp.issubdtype(getattr(x, "dtype", None) or jnp.int32, jnp.floating) for x in leaves]
+
+    def g(*a):
+        *a, ct = a
+        flat = jax.tree.leaves(a)
+
+        def f(floats):
+            it = iter(floats)
+            return fn(*jax.tree.unflatten(treedef, [next(it) if d else x for x, d in zip(flat, is_float)]))
+
+        _, pull = jax.vjp(f, [x for x, d in zip(flat, is_float) if d])
+        return pull(ct)
+
+    return g, (*args, concrete(jax.eval_shape(fn, *args), key))
 
 
 def concrete(tree, key):
@@ -217,8 +247,11 @@ def main(argv=None):
     nl = args.num_local or (args.frames if entry.local_frames else None)
     call_args, call_kwargs = entry.call_args(masked, masks, nl)
 
-    whole_s, whole_compile, whole_flops = time_fn(lambda v, *a: model.apply(v, *a, **call_kwargs),
-                                                  (variables, *call_args), args.iters)
+    def form(fn, fn_args, i=0):  # forward, or forward + backward with --backward
+        return vjp_form(fn, fn_args, jax.random.key(5000 + i)) if args.backward else (fn, fn_args)
+
+    whole_s, whole_compile, whole_flops = time_fn(*form(lambda v, *a: model.apply(v, *a, **call_kwargs),
+                                                        (variables, *call_args)), args.iters)
     classes = {c for c in args.modules.split(",") if c}
     calls = record_calls(model, variables, call_args, call_kwargs, classes)
 
@@ -232,7 +265,7 @@ def main(argv=None):
         v = subtree(variables, path)
         fn = (lambda m, s, kw_: lambda v_, *xs: m.apply(v_, *xs, *s, **kw_))(module, static, kw)
         cache_key = (repr(module), tuple((x.shape, str(x.dtype)) for x in arrays), repr(static), repr(kw))
-        secs, comp, flops = time_fn(fn, (v, *concrete(arrays, jax.random.key(i))), args.iters, cache_key)
+        secs, comp, flops = time_fn(*form(fn, (v, *concrete(arrays, jax.random.key(i))), i), args.iters, cache_key)
         key = name if len(path) > 1 else f"{re.sub(r'[0-9]+$', '*', path[0])} ({name})"
         row = rows[key]
         row["calls"] += 1
@@ -242,7 +275,7 @@ def main(argv=None):
         row["depth"] = len(path)
         if name == "SecondOrderDeformableAlignment":  # the deformable conv alone, as in this call
             dcn = rows["modulated_deform_conv2d (inside the alignment)"]
-            secs, comp, flops = time_dcn(module, v, arrays[0], jax.random.key(1000 + i), args.iters)
+            secs, comp, flops = time_dcn(module, v, arrays[0], jax.random.key(1000 + i), args.iters, form)
             n, h, w, cin = arrays[0].shape
             dcn["calls"] += 1
             dcn["seconds"] += secs
@@ -267,12 +300,13 @@ def main(argv=None):
         }
     in_context = {}
     for cls in (c for c in args.ablate.split(",") if c):
-        secs, flops = ablated_time(model, variables, call_args, call_kwargs, cls, args.iters)
+        secs, flops = ablated_time(model, variables, call_args, call_kwargs, cls, args.iters, form)
         in_context[cls] = {"seconds": round(whole_s - secs, 4), "time_share": round(1 - secs / whole_s, 4),
                            "gflops": round((whole_flops - flops) / 1e9, 3),
                            "flop_share": round(1 - flops / max(whole_flops, 1.0), 4)}
     out = {
-        "model": args.model, "dtype": args.dtype, "batch": args.batch, "frames": args.frames, "num_local": nl,
+        "model": args.model, "dtype": args.dtype, "backward": args.backward, "batch": args.batch,
+        "frames": args.frames, "num_local": nl,
         "height": args.height, "width": args.width,
         "whole": {"seconds": round(whole_s, 4), "gflops": round(whole_flops / 1e9, 3),
                   "compile_s": round(whole_compile, 2)},

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ecformer_jax import convert, models
 from ecformer_jax.convert.weight_rule import state_dict_from_fixture
 from tests import parity
 from tests.models.test_parity_foundation import _run_discriminator
+
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
 
 # official module name -> the name our model sows it under
 OURS = {"hier_enc": "hier_enc_out", "vec2patch": "vec2patch_out", "decoder": "decoder_out"}

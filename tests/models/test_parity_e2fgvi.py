@@ -12,6 +12,8 @@ from ecformer_jax import models
 from ecformer_jax.models import e2fgvi
 from tests import parity
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 
 def run_fixture(npz, meta, variables, name):
     """Our model on the fixture's inputs; returns {entry: full tensor in the official layout}."""

@@ -12,6 +12,8 @@ from ecformer_jax import models
 from ecformer_jax.models.flow_completion import INTERMEDIATES
 from tests import parity
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 
 def fixture_inputs(npz):
     """flows (B, T-1, H, W, 2) = numerators / 32 and masks (B, T, H, W, 1), channels-last float32 (the recipe)."""

@@ -10,6 +10,8 @@ import pytest
 from ecformer_jax import models
 from tests import parity
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 # official module name -> our sown intermediate (where a submodule already uses the name)
 OURS = {"encoder": "encoder_out", "decoder": "decoder_out", "sc": "sc_out"}
 

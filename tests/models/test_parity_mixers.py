@@ -13,6 +13,8 @@ from ecformer_jax import convert, models
 from ecformer_jax.convert.weight_rule import state_dict_from_fixture
 from tests import parity
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 
 def _nchw(a):
     return np.moveaxis(np.asarray(a), -1, 1)

@@ -17,6 +17,8 @@ from ecformer_jax.convert.weight_rule import state_dict_from_fixture
 from ecformer_jax.models.propainter import INTERMEDIATES, _max_pool, _window_mask
 from tests import parity
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 TOKENS = ("ss", "transformers.transformer.0.attention", "transformers.transformer.0", "transformers.transformer.7")
 
 

@@ -13,6 +13,8 @@ from ecformer_jax import models
 from ecformer_jax.models.raft import INTERMEDIATES
 from tests import parity
 
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
+
 
 # the chunked lookup equals the dense one on random features in the quick run (test_raft.py); here in the full run
 @pytest.mark.parametrize("corr", ["dense", pytest.param("chunked", marks=pytest.mark.slow)])

@@ -6,9 +6,12 @@ from functools import partial
 
 import jax
 import numpy as np
+import pytest
 
 from ecformer_jax import models
 from tests import parity
+
+pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
 
 # official module name -> our sown intermediate (where a submodule already has the name)
 OURS = {k: f"{k}_out" for k in ("feature_extraction", "reconstruction", "conv_last")}

@@ -135,6 +135,7 @@ def _learn(c, steps, key):
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_flow_completion_loss_goes_down_on_a_fixed_clip():
     c = configs.get_config("recurrent_flow_completion:tiny")
     c.batch_size = 1
@@ -145,6 +146,7 @@ def test_flow_completion_loss_goes_down_on_a_fixed_clip():
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_propainter_loss_goes_down_on_a_fixed_clip():
     c = configs.get_config("propainter:tiny")
     c.batch_size = 1

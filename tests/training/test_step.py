@@ -24,7 +24,7 @@ def _setup(c, mesh=None):
 # proven by its parity and the loop, fault and multi-process tests). Focal shares everything but its mixer
 # with swin and poolformer (its forward is proven by its parity, its gradient is JAX's autodiff): at this size
 # it followed swin's loss curve to 3 decimals, so it is not run again.
-LEARNERS = ["poolformer", "swin", "ecformer"]
+LEARNERS = ["poolformer", "swin", pytest.param("ecformer", marks=pytest.mark.optimized)]  # (ecformer: run-bound)
 
 
 @pytest.mark.slow
