@@ -21,7 +21,8 @@ from ecformer_jax.data import video_io
 from ecformer_jax.data.video_io import VideoError
 
 # Agg figures are independent objects, but matplotlib keeps some module-level caches; rasterise one
-# blob at a time per process (it takes a few milliseconds).
+# blob at a time per process (it takes a few milliseconds). The lock also covers matplotlib's first import: two
+# data-loader threads importing it at once could get a partially initialised module.
 _RASTER_LOCK = threading.Lock()
 
 
@@ -82,16 +83,13 @@ def _random_blob(edge_num: int, ratio: float, height: int, width: int, nprs: np.
     like the official `get_random_shape` (640x480 Agg canvas, default axes box, 2 pt black outline,
     bilinear resize to width x height, holes = red channel exactly 0, cropped to the bounding box with
     the last row and column dropped)."""
-    from matplotlib.path import Path as MplPath
-
     n = edge_num * 3 + 1
     angles = np.linspace(0, 2 * np.pi, n)
     radii = 2 * ratio * nprs.random(n) + 1 - ratio
     verts = np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii[:, None]
     verts[-1] = verts[0]
-    codes = np.full(n, MplPath.CURVE4, dtype=MplPath.code_type)
-    codes[0] = MplPath.MOVETO
-    rgb = _rasterise(MplPath(verts, codes), float(verts.min()) * 1.1, float(verts.max()) * 1.1)
+    with _RASTER_LOCK:
+        rgb = _rasterise(verts, float(verts.min()) * 1.1, float(verts.max()) * 1.1)
     import cv2
 
     red = cv2.resize(rgb, (width, height))[:, :, 0]
@@ -102,23 +100,26 @@ def _random_blob(edge_num: int, ratio: float, height: int, width: int, nprs: np.
     return hole[rows.min():rows.max(), cols.min():cols.max()].copy()
 
 
-def _rasterise(path, lo: float, hi: float) -> np.ndarray:
-    """RGB uint8 (480, 640, 3) of `path` filled black on matplotlib's default figure and axes box."""
+def _rasterise(verts: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """RGB uint8 (480, 640, 3) of the closed cubic Bezier curve through `verts` filled black on matplotlib's
+    default figure and axes box. Callers hold _RASTER_LOCK."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure, SubplotParams
     from matplotlib.patches import PathPatch
+    from matplotlib.path import Path as MplPath
 
-    with _RASTER_LOCK:
-        fig = Figure(figsize=(6.4, 4.8), dpi=100, facecolor="white",
-                     subplotpars=SubplotParams(left=0.125, right=0.9, bottom=0.11, top=0.88))
-        canvas = FigureCanvasAgg(fig)
-        ax = fig.add_subplot(111)
-        ax.add_patch(PathPatch(path, facecolor="black", edgecolor="black", lw=2, antialiased=True))
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.axis("off")
-        canvas.draw()
-        return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+    codes = np.full(len(verts), MplPath.CURVE4, dtype=MplPath.code_type)
+    codes[0] = MplPath.MOVETO
+    fig = Figure(figsize=(6.4, 4.8), dpi=100, facecolor="white",
+                 subplotpars=SubplotParams(left=0.125, right=0.9, bottom=0.11, top=0.88))
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    ax.add_patch(PathPatch(MplPath(verts, codes), facecolor="black", edgecolor="black", lw=2, antialiased=True))
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.axis("off")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
 def dilate(masks: np.ndarray, iterations: int = 4) -> np.ndarray:

@@ -151,3 +151,32 @@ def test_masks_from_folder(tmp_path):
     assert single.shape == (3, 10, 16) and (single == (masks[2, ..., 0] > 0)).all()
     with pytest.raises(VideoError, match="mask not found"):
         masks_lib.masks_from_folder(tmp_path / "nope")
+
+
+RACE = """
+import threading
+import numpy as np
+from ecformer_jax.data import masks
+errors = []
+def blob(i):
+    try:
+        masks._random_blob(4, 0.7, 240, 432, np.random.RandomState(i))
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=blob, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("ERRORS", len(errors), errors[:1])
+"""
+
+
+def test_data_loader_threads_importing_matplotlib_at_once():
+    """8 threads draw their first blob at once in a fresh process (grain's worker threads do): matplotlib's first
+    import must not hand one of them a partially initialised module (it did in 2 of 5 runs before the lock)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    res = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and "ERRORS 0 []" in res.stdout, res.stdout + res.stderr[-2000:]
