@@ -33,8 +33,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # Most tests in this process compile far longer than they run: their programs are built with XLA's "most
 # optimizations off" (LLVM -O0, no expensive passes). The e2fgvi_hq training step's compile + first run: 53 -> 34 s;
 # its later steps run 3x slower, so tests that run many steps or real-size frames are marked `optimized` and get
-# the -O1 build above (a whole suite at -O0 took 1901 instead of 1706 CPU-seconds: the ProPainter learner alone
-# 65 -> 306 s). The subprocesses the tests start (training runs of several steps) keep the -O1 build.
+# the -O1 build above (at -O0 the ProPainter learner took 306 s instead of 65, the 2-process run 183 instead of
+# 122). The subprocesses the tests start (training runs of several steps) keep the -O1 build.
 if "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
     jax.config.update("jax_disable_most_optimizations", True)
 
