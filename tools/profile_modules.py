@@ -59,7 +59,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def ablated_time(model, variables, args, kwargs, cls, iters, form=lambda fn, a: (fn, a)):
+def forward_only(fn, args):
+    """The `form` of a plain forward timing (vjp_form is the --backward one)."""
+    return fn, args
+
+
+def ablated_time(model, variables, args, kwargs, cls, iters, form=forward_only):
     """The whole forward pass with every call of module class `cls` replaced by a broadcast scalar of its
     output shape (XLA then drops its computation): (seconds, flops). whole - ablated = its cost in context, with the
     fusion and scheduling of the real model."""
@@ -173,7 +178,7 @@ def time_fn(fn, args, iters, cache_key=None):
     return statistics.median(times), compile_s, float((cost or {}).get("flops", 0.0))
 
 
-def time_dcn(module, variables, x, key, iters, form=lambda fn, a: (fn, a)):
+def time_dcn(module, variables, x, key, iters, form=forward_only):
     """Time `modulated_deform_conv2d` with the alignment's kernel on x, offsets of a few pixels, random mask."""
     import jax
     import jax.numpy as jnp
@@ -247,8 +252,8 @@ def main(argv=None):
     nl = args.num_local or (args.frames if entry.local_frames else None)
     call_args, call_kwargs = entry.call_args(masked, masks, nl)
 
-    def form(fn, fn_args, i=0):  # forward, or forward + backward with --backward
-        return vjp_form(fn, fn_args, jax.random.key(5000 + i)) if args.backward else (fn, fn_args)
+    def form(fn, fn_args, i=-1):  # forward, or forward + backward with --backward
+        return vjp_form(fn, fn_args, jax.random.key(5001 + i)) if args.backward else forward_only(fn, fn_args)
 
     whole_s, whole_compile, whole_flops = time_fn(*form(lambda v, *a: model.apply(v, *a, **call_kwargs),
                                                         (variables, *call_args)), args.iters)
