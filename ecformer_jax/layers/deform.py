@@ -16,12 +16,16 @@ mask), in channels-last layout:
 The implementation gathers the four bilinear corners of all kh * kw taps of a block of output pixels and
 contracts the sampled columns with the kernel in one matmul; on the CPU the blocks (about
 `layers.tiling.CPU_TILE` sampled values) run one after another, so the (pixels, taps * Cin) columns are
-never allocated whole. Everything is differentiable (w.r.t. x, offset, mask, kernel and bias) with plain
-JAX autodiff.
+never allocated whole. Everything is differentiable w.r.t. x, offset, mask, kernel and bias. GPUs and TPUs
+use XLA's autodiff; the CPU target has a custom backward that recomputes each tile's samples instead of saving
+them and gets all gradients in one pass over the four corners (E2FGVI's alignment, 60x108, 256 -> 128 channels,
+16 deformable groups: forward + backward 0.95 -> 0.50 s, XLA's planned temporaries of E2FGVI's training step
+-0.77 GB); it equals autodiff (tests/layers/test_deform.py).
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -30,7 +34,7 @@ import numpy as np
 
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import conv2d, conv_general_dilated
-from ecformer_jax.layers.tiling import default_tile
+from ecformer_jax.layers.tiling import default_tile, target_platform
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -78,57 +82,158 @@ def modulated_deform_conv2d(x, offset, mask, kernel, bias=None, stride=1, paddin
             )
     dtype = x.dtype
     ctype = jnp.promote_types(offset.dtype, jnp.float32)
-    cg = cin // dg
-    p = ho * wo
-
-    # undisplaced sampling positions (p, k, 2) of every output pixel and tap
-    oy, ox = np.meshgrid(np.arange(ho) * sh - ph, np.arange(wo) * sw - pw, indexing="ij")
-    base = np.stack([oy.reshape(p, 1) + np.repeat(np.arange(kh) * dh, kw)[None],
-                     ox.reshape(p, 1) + np.tile(np.arange(kw) * dw, kh)[None]], axis=-1).astype(np.float32)
-    src = x.reshape(n, h * w * dg, cg)  # row = pixel * dg + deformable group
+    g = _Geometry(h, w, ho, wo, kh, kw, (sh, sw), (ph, pw), (dh, dw), dg, groups, cout)
+    src = x.reshape(n, h * w * dg, cin // dg)  # row = pixel * dg + deformable group
     kern = kernel.astype(dtype).reshape(k * cin_g, cout) if groups == 1 else \
         kernel.astype(dtype).reshape(k, cin_g, groups, cout // groups)
-
-    def columns_times_kernel(args):  # pixels (n, q) of the output -> (n, q, cout)
-        off, m, pos = args  # (n, q, dg, k, 2), (n, q, dg, k), (q, k, 2)
-        q = pos.shape[0]
-        off, m = jnp.swapaxes(off, 2, 3), jnp.swapaxes(m, 2, 3)  # (n, q, k, dg, ...)
-        py, px = pos[None, :, :, None, 0] + off[..., 0], pos[None, :, :, None, 1] + off[..., 1]
-        y0f, x0f = jnp.floor(py), jnp.floor(px)
-        ly, lx = py - y0f, px - x0f
-        hy, hx = 1 - ly, 1 - lx
-        y0, x0 = y0f.astype(jnp.int32), x0f.astype(jnp.int32)
-        cols = None  # (n, q, k, dg, cg): the bilinear samples, summed over the four corners
-        for cy, cx, wgt in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
-            iy, ix = y0 + cy, x0 + cx
-            valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-            rows = (jnp.clip(iy, 0, h - 1) * w + jnp.clip(ix, 0, w - 1)) * dg + np.arange(dg, dtype=np.int32)
-            # rows are clipped into range above, so the gather may skip its own bounds handling (~20 % faster)
-            vals = jax.vmap(lambda f, i: f.at[i].get(mode="promise_in_bounds"))(src, rows.reshape(n, -1))
-            term = vals.reshape(n, q, k, dg, cg) * jnp.where(valid, wgt * m, 0).astype(dtype)[..., None]
-            cols = term if cols is None else cols + term
-        if groups == 1:  # channel index within a tap = d * cg + c, the kernel's input channel
-            return (cols.reshape(n * q, k * cin) @ kern).reshape(n, q, cout)
-        cols = cols.reshape(n, q, k, groups, cin_g)
-        return jnp.einsum("npkgc,kcgo->npgo", cols, kern).reshape(n, q, cout)
-
-    off = offset.astype(ctype).reshape(n, p, dg, k, 2)
-    m = mask.astype(ctype).reshape(n, p, dg, k)
+    # offsets (n, p, k, dg, 2) and masks (n, p, k, dg): tap-major, as the columns are
+    off = jnp.swapaxes(offset.astype(ctype).reshape(n, ho * wo, dg, k, 2), 2, 3)
+    m = jnp.swapaxes(mask.astype(ctype).reshape(n, ho * wo, dg, k), 2, 3)
     tile = default_tile(tile)
-    per = min(p, max(1, tile // (k * cin))) if tile else p  # output pixels per tile
-    if per == p:
-        out = columns_times_kernel((off, m, jnp.asarray(base)))
-    else:  # tiles of output pixels, one after another (the last padded, then cropped)
-        chunks = -(-p // per)
-        pad = lambda a, axis: jnp.pad(a, [(0, chunks * per - p) if i == axis else (0, 0) for i in range(a.ndim)])
-        split = lambda a: jnp.moveaxis(a.reshape(n, chunks, per, *a.shape[2:]), 1, 0)
-        out = jax.lax.map(columns_times_kernel, (split(pad(off, 1)), split(pad(m, 1)),
-                                                 jnp.asarray(np.pad(base, ((0, chunks * per - p), (0, 0), (0, 0)))
-                                                             ).reshape(chunks, per, k, 2)))
-        out = jnp.moveaxis(out, 0, 1).reshape(n, chunks * per, cout)[:, :p]
+    per = max(1, tile // (k * cin)) if tile else ho * wo  # output pixels per tile
+    # the CPU gets the backward that recomputes each tile's samples; GPUs and TPUs XLA's autodiff
+    out = (_dcn_tiled if target_platform() == "cpu" else _dcn_forward)(g, per, src, off, m, kern)
     if bias is not None:
         out = out + bias.astype(dtype)
     return out.reshape(n, ho, wo, cout)
+
+
+class _Geometry(NamedTuple):
+    h: int
+    w: int
+    ho: int
+    wo: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    dg: int  # deformable groups
+    groups: int
+    cout: int
+
+    def positions(self) -> np.ndarray:
+        """The undisplaced sampling positions (ho * wo, kh * kw, 2) of every output pixel and tap."""
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        oy, ox = np.meshgrid(np.arange(self.ho) * sh - ph, np.arange(self.wo) * sw - pw, indexing="ij")
+        p = self.ho * self.wo
+        return np.stack([oy.reshape(p, 1) + np.repeat(np.arange(self.kh) * dh, self.kw)[None],
+                         ox.reshape(p, 1) + np.tile(np.arange(self.kw) * dw, self.kh)[None]], -1).astype(np.float32)
+
+
+def _corners(g: _Geometry, off, pos):
+    """The four bilinear corners of a tile's samples (offsets (n, q, k, dg, 2), positions (q, k, 2)):
+    [(rows (n, q * k * dg) into the (n, h * w * dg, cg) source, inside-the-image (n, q, k, dg), bilinear
+    weight, its derivatives by the fractional offsets (d/d ly, d/d lx))]."""
+    n = off.shape[0]
+    py, px = pos[None, :, :, None, 0] + off[..., 0], pos[None, :, :, None, 1] + off[..., 1]
+    y0f, x0f = jnp.floor(py), jnp.floor(px)
+    ly, lx = py - y0f, px - x0f
+    hy, hx = 1 - ly, 1 - lx
+    y0, x0 = y0f.astype(jnp.int32), x0f.astype(jnp.int32)
+    out = []
+    for cy, cx, wgt, dwgt in ((0, 0, hy * hx, (-hx, -hy)), (0, 1, hy * lx, (-lx, hy)),
+                              (1, 0, ly * hx, (hx, -ly)), (1, 1, ly * lx, (lx, ly))):
+        iy, ix = y0 + cy, x0 + cx
+        valid = (iy >= 0) & (iy < g.h) & (ix >= 0) & (ix < g.w)
+        rows = (jnp.clip(iy, 0, g.h - 1) * g.w + jnp.clip(ix, 0, g.w - 1)) * g.dg + np.arange(g.dg, dtype=np.int32)
+        out.append((rows.reshape(n, -1), valid, wgt, dwgt))
+    return out
+
+
+def _gather(src, rows, shape):
+    # rows are clipped into range, so the gather may skip its own bounds handling (~20 % faster)
+    return jax.vmap(lambda f, i: f.at[i].get(mode="promise_in_bounds"))(src, rows).reshape(shape)
+
+
+def _tiles(per: int, fn, acc, *arrays):
+    """fn over tiles of `per` output pixels, one after another: fn(acc, *tile) -> (acc, outputs), the arrays'
+    axis 1 (the last array, the positions: axis 0) the pixels; the last tile padded, the outputs cropped back."""
+    p = arrays[-1].shape[0]
+    if per >= p:
+        return fn(acc, *arrays)
+    chunks = -(-p // per)
+    pad = lambda a, axis: jnp.pad(a, [(0, chunks * per - p) if i == axis else (0, 0) for i in range(a.ndim)])
+    split = lambda a: jnp.moveaxis(a.reshape(a.shape[0], chunks, per, *a.shape[2:]), 1, 0)
+    pos = arrays[-1]
+    tiled = [split(pad(a, 1)) for a in arrays[:-1]] + [pad(pos, 0).reshape(chunks, per, *pos.shape[1:])]
+    acc, outs = jax.lax.scan(lambda c, t: fn(c, *t), acc, tiled)
+    crop = lambda o: jnp.moveaxis(o, 0, 1).reshape(o.shape[1], chunks * per, *o.shape[3:])[:, :p]
+    return acc, jax.tree.map(crop, outs)
+
+
+def _dcn_forward(g: _Geometry, per: int, src, off, m, kern):
+    """(n, p, cout) from the source rows (n, h * w * dg, cg), offsets (n, p, k, dg, 2), masks (n, p, k, dg)
+    and the kernel; differentiable by autodiff (the TPU / GPU path)."""
+    n, cg = src.shape[0], src.shape[-1]
+
+    def tile(acc, o, mk, pos):
+        q = o.shape[1]
+        cols = None  # (n, q, k, dg, cg): the bilinear samples, summed over the four corners
+        for rows, valid, wgt, _ in _corners(g, o, pos):
+            term = _gather(src, rows, (n, q, g.kh * g.kw, g.dg, cg)) * jnp.where(valid, wgt * mk, 0).astype(
+                src.dtype)[..., None]
+            cols = term if cols is None else cols + term
+        if g.groups == 1:  # channel index within a tap = d * cg + c, the kernel's input channel
+            return acc, (cols.reshape(n * q, -1) @ kern).reshape(n, q, g.cout)
+        return acc, jnp.einsum("npkgc,kcgo->npgo", cols.reshape(n, q, g.kh * g.kw, g.groups, -1), kern
+                               ).reshape(n, q, g.cout)
+
+    return _tiles(per, tile, (), off, m, jnp.asarray(g.positions()))[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _dcn_tiled(g: _Geometry, per: int, src, off, m, kern):
+    """`_dcn_forward` whose backward recomputes each tile's samples instead of saving them and gets all the
+    gradients of a tile from one pass over its four corners (the CPU path): XLA's autodiff of the tiled
+    forward saved every corner's samples and took 3-5x as long (docs/benchmarks.md)."""
+    return _dcn_forward(g, per, src, off, m, kern)
+
+
+def _dcn_tiled_fwd(g, per, src, off, m, kern):
+    return _dcn_forward(g, per, src, off, m, kern), (src, off, m, kern)
+
+
+def _dcn_tiled_bwd(g, per, residuals, dout):
+    src, off, m, kern = residuals
+    n, cg, ctype = src.shape[0], src.shape[-1], off.dtype
+    k = g.kh * g.kw
+
+    def tile(acc, o, mk, dy, pos):
+        dsrc, dkern = acc
+        q = o.shape[1]
+        if g.groups == 1:
+            dcols = (dy.reshape(n * q, g.cout) @ kern.T).reshape(n, q, k, g.dg, cg)
+        else:
+            dcols = jnp.einsum("npgo,kcgo->npkgc", dy.reshape(n, q, g.groups, -1), kern).reshape(n, q, k, g.dg, cg)
+        cols, dm, dly, dlx = None, 0, 0, 0
+        block_sum = jnp.asarray(np.repeat(np.eye(g.dg, dtype=np.float32), cg, axis=0), ctype)  # (dg cg, dg)
+        for rows, valid, wgt, (dwy, dwx) in _corners(g, o, pos):
+            vals = _gather(src, rows, (n, q, k, g.dg, cg))
+            coef = jnp.where(valid, wgt * mk, 0)
+            term = vals * coef.astype(src.dtype)[..., None]
+            cols = term if cols is None else cols + term
+            # d coefficient = the sample . its column gradient, summed per deformable group: as a matmul with a
+            # 0/1 block matrix, 2x faster than XLA CPU's reduction over the minor cg axis
+            prod = (vals.astype(ctype) * dcols.astype(ctype)).reshape(-1, g.dg * cg)
+            dcoef = jnp.where(valid, (prod @ block_sum).reshape(coef.shape), 0)
+            dm, dly, dlx = dm + wgt * dcoef, dly + mk * dcoef * dwy, dlx + mk * dcoef * dwx
+            upd = (dcols * coef.astype(dcols.dtype)[..., None]).reshape(n, -1, cg)
+            dsrc = jax.vmap(lambda a, i, u: a.at[i].add(u, mode="promise_in_bounds"))(dsrc, rows, upd)
+        if g.groups == 1:
+            dkern = dkern + jnp.dot(cols.reshape(n * q, -1).T, dy.reshape(n * q, g.cout),
+                                    preferred_element_type=ctype)
+        else:
+            dkern = dkern + jnp.einsum("npkgc,npgo->kcgo", cols.reshape(n, q, k, g.groups, -1),
+                                       dy.reshape(n, q, g.groups, -1), preferred_element_type=ctype)
+        return (dsrc, dkern), (jnp.stack([dly, dlx], axis=-1), dm)
+
+    acc = (jnp.zeros_like(src), jnp.zeros(kern.shape, ctype))
+    (dsrc, dkern), (doff, dm) = _tiles(per, tile, acc, off, m, dout, jnp.asarray(g.positions()))
+    return dsrc, doff.astype(off.dtype), dm.astype(m.dtype), dkern.astype(kern.dtype)
+
+
+_dcn_tiled.defvjp(_dcn_tiled_fwd, _dcn_tiled_bwd)
 
 
 def _dcn_kernel_init(key, shape, dtype=jnp.float32):

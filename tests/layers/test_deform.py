@@ -315,3 +315,30 @@ def test_tiled_sampling_is_the_untiled_sampling(groups, deform_groups, stride):
     grads = lambda tile: jax.grad(lambda *a: jnp.sum(run(tile, *a) ** 2), argnums=(0, 1, 2, 3))(x, off, mask, kern)
     for got, ref in zip(grads(36 * 4), grads(0)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups,deform_groups,stride,dilation,tile", [(1, 2, 1, 1, 0), (2, 4, 2, 2, 36 * 8 * 3)])
+def test_cpu_backward_equals_autodiff(groups, deform_groups, stride, dilation, tile):
+    """The CPU's custom backward (samples recomputed per tile, all gradients from one pass) gives XLA's
+    autodiff of the same forward (the path GPUs and TPUs take), for every input, in float32 and bfloat16."""
+    from ecformer_jax.layers import tiling
+
+    rng = np.random.default_rng(12)
+    ho, wo = (9 - 2 * dilation - 1 + 2) // stride + 1, (11 - 2 * dilation - 1 + 2) // stride + 1
+    args = (rng.standard_normal((2, 9, 11, 8)), 3 * rng.standard_normal((2, ho, wo, deform_groups * 18)),
+            rng.random((2, ho, wo, deform_groups * 9)), 0.3 * rng.standard_normal((3, 3, 8 // groups, 6)),
+            rng.standard_normal(6))
+    args = [jnp.asarray(a, jnp.float32) for a in args]
+    loss = lambda *a: jnp.sum(jnp.sin(modulated_deform_conv2d(  # noqa: E731
+        *a, stride=stride, padding=1, dilation=dilation, groups=groups, deform_groups=deform_groups, tile=tile)))
+    for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)):
+        xs = [args[0].astype(dtype), *args[1:]]
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+        ours = grad(*xs)
+        with tiling.on_platform("tpu"):
+            ref = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(*xs)
+        for name, a, b in zip(("x", "offset", "mask", "kernel", "bias"), ours, ref):
+            assert a.dtype == b.dtype, name
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            assert np.abs(b).max() > 1e-3, name
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=name)
