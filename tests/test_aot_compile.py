@@ -25,6 +25,9 @@ def test_collectives_are_read_from_the_hlo_text():
 """
     assert aot.collectives(hlo) == {"all-reduce": {"count": 1, "bytes": 10 * 4 * 4 + 8 * 2},
                                      "all-gather": {"count": 1, "bytes": 16 * 128 * 2}}
+    hlo += ('  %cp = f32[4]{0} collective-permute(f32[4]{0} %d), source_target_pairs={{0,1}}, '
+            'metadata={op_name="jit(step)/jvp(E2FGVI)/concatenate" source_file="x.py"}\n')
+    assert aot.collective_sources(hlo) == {"all-gather": {"?": 1}, "collective-permute": {"jvp(E2FGVI)/concatenate": 1}}
 
 
 @pytest.mark.slow

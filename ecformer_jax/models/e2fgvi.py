@@ -172,17 +172,20 @@ def local_flows(spynet, frames, num_local: int):
     E2FGVI's flow completion input, shared by the model and the trainer's flow-loss targets: frames in
     [-1, 1] mapped to [0, 1], bilinearly resized to 1/4 (align_corners=True) in float32; forward[i] =
     spynet(frame i, frame i+1), backward[i] = spynet(frame i+1, frame i), both directions in one batched
-    call of `spynet(ref, supp)` (rows [0, n) forward, [n, 2n) backward).
+    call of `spynet(ref, supp)` (rows (sample, direction, pair)).
     """
     b, _, height, width, _ = frames.shape
     h, w, nl = height // 4, width // 4, num_local
     local = (frames[:, :nl].astype(jnp.promote_types(frames.dtype, jnp.float32)) + 1) / 2
     local = upsample_bilinear(local.reshape(b * nl, height, width, 3), (h, w), align_corners=True)
     local = local.reshape(b, nl, h, w, 3)
-    first, second = local[:, :-1].reshape(-1, h, w, 3), local[:, 1:].reshape(-1, h, w, 3)
-    flows = spynet(jnp.concatenate([first, second]), jnp.concatenate([second, first]))
-    n = b * (nl - 1)
-    return flows[:n].reshape(b, nl - 1, h, w, 2), flows[n:].reshape(b, nl - 1, h, w, 2)
+    first, second = local[:, :-1], local[:, 1:]
+    # both directions stacked behind the batch axis, so that a batch sharded over devices stays sharded the same
+    # way (concatenating along the merged batch axis made XLA exchange halves between devices: 28
+    # collective-permutes in a data-parallel step)
+    pair = lambda a, b_: jnp.stack([a, b_], axis=1).reshape(b * 2 * (nl - 1), h, w, 3)  # noqa: E731
+    flows = spynet(pair(first, second), pair(second, first)).reshape(b, 2, nl - 1, h, w, 2)
+    return flows[:, 0], flows[:, 1]
 
 
 class E2FGVIHQ(E2FGVI):

@@ -19,8 +19,8 @@ from ecformer_jax.training import sharding as shd
 from ecformer_jax.training.checkpoints import abstract_with_shardings
 from ecformer_jax.training.state import jit_step
 
-__all__ = ["abstract_train_step", "compile_train_step", "global_batch_size", "report", "collectives", "peak_buffers",
-           "CHIPS"]
+__all__ = ["abstract_train_step", "compile_train_step", "global_batch_size", "report", "collectives",
+           "collective_sources", "peak_buffers", "CHIPS"]
 
 
 def global_batch_size(config, num_devices: int, batch: int | None = None) -> int:
@@ -85,6 +85,21 @@ def collectives(hlo: str) -> dict:
     return out
 
 
+def collective_sources(hlo: str) -> dict:
+    """{op: {where: n}} for every collective but the all-reduce: the JAX operation it was partitioned from (the
+    `op_name` of its metadata, without the `jit(...)` prefix), for tracing unexpected communication."""
+    out = {}
+    for line in hlo.splitlines():
+        m = re.search(r"\s(" + "|".join(c for c in COLLECTIVES if c != "all-reduce") + r")(-start)?\(", line)
+        if not m:
+            continue
+        where = re.search(r'op_name="([^"]*)"', line)
+        where = re.sub(r"^jit\([^)]*\)/", "", where.group(1)) if where else "?"
+        entry = out.setdefault(m.group(1), {})
+        entry[where] = entry.get(where, 0) + 1
+    return out
+
+
 def _prod(dims: str) -> int:
     n = 1
     for d in filter(None, dims.split(",")):
@@ -132,6 +147,7 @@ def report(compiled, generation: str, num_devices: int, what: dict, seconds: flo
         "tflop_per_chip": round(flops / 1e12, 3),
         "roofline_s": round(flops / peak, 4),
         "bytes_accessed_per_chip": float(cost.get("bytes accessed", 0.0)),
-        "collectives": collectives(compiled.as_text()),
+        "collectives": collectives(hlo := compiled.as_text()),
+        "collective_sources": collective_sources(hlo),
         "compile_s": round(seconds, 1),
     }

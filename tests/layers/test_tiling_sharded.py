@@ -1,5 +1,6 @@
-"""The CPU tiles of attention and the deformable conv split only non-batch axes: under a batch-sharded jit
-over 8 devices they compile to per-device work with no collectives, and give the unsharded result."""
+"""The CPU tiles of attention and the deformable conv split only non-batch axes, and E2FGVI's flow completion
+pairs frames within each clip: under a batch-sharded jit over 8 devices they compile to per-device work with no
+collectives, and give the unsharded result."""
 from __future__ import annotations
 
 import os
@@ -22,10 +23,19 @@ cases = {
     "deform": (lambda tile: lambda a, o, mm: modulated_deform_conv2d(a, o, mm, kern, None, deform_groups=2, tile=tile),
                (x, off, m), (144,)),
 }
+# E2FGVI's flow completion pairs frames of each clip: the pairs must stay with their clip's device
+from ecformer_jax import models
+from ecformer_jax.models.e2fgvi import local_flows
+spynet = models.build("spynet")
+sv = models.init(spynet, "spynet", jax.random.key(0))
+clips = rng.uniform(-1, 1, (8, 3, 128, 128, 3)).astype(np.float32)
+cases["e2fgvi_flows"] = (lambda tile: lambda c: jnp.stack(local_flows(lambda a, b: spynet.apply(sv, a, b), c, 3)),
+                         (clips,), (None,))
 for name, (make, args, tiles) in cases.items():
     want = np.asarray(make(0)(*args))
     for tile in tiles:
-        f = jax.jit(make(tile), in_shardings=(sh,) * len(args), out_shardings=sh)
+        out_sh = NamedSharding(sh.mesh, P(None, "data")) if name == "e2fgvi_flows" else sh
+        f = jax.jit(make(tile), in_shardings=(sh,) * len(args), out_shardings=out_sh)
         hlo = f.lower(*args).compile().as_text()
         found = [op for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all") if op in hlo]
         assert not found, (name, tile, found)
