@@ -423,10 +423,13 @@ class RAFT(nn.Module):
         if iters < 1:
             raise ValueError(f"RAFT iters must be >= 1; got {iters}")
         h8, w8 = h // 8, w // 8
+        # both images in one call, stacked behind the batch axis: a batch sharded over devices stays put
+        # (concatenating along the batch axis would make XLA exchange halves between devices)
         fmaps = BasicEncoder(FEATURE_DIM, "instance", self.dtype, name="fnet")(
-            jnp.concatenate([image1, image2], axis=0))
-        self.sow("intermediates", "fnet_out", fmaps)
-        fmap1, fmap2 = fmaps[:b], fmaps[b:]
+            jnp.stack([image1, image2], axis=1).reshape(2 * b, *image1.shape[1:]))
+        fmaps = fmaps.reshape(b, 2, *fmaps.shape[1:])
+        fmap1, fmap2 = fmaps[:, 0], fmaps[:, 1]
+        self.sow("intermediates", "fnet_out", jnp.concatenate([fmap1, fmap2]))  # the official layout
         context = BasicEncoder(HIDDEN_DIM + CONTEXT_DIM, "batch", self.dtype, name="cnet")(image1)
         self.sow("intermediates", "cnet_out", context)
         net = jnp.tanh(context[..., :HIDDEN_DIM])
@@ -474,11 +477,11 @@ class RAFT(nn.Module):
         b, t, h, w, _ = check_video(frames, "RAFT bidirectional frames", 3)
         if t < 2:
             raise ValueError(f"RAFT bidirectional needs at least 2 frames; got {t}")
-        first = frames[:, :-1].reshape(b * (t - 1), h, w, 3)
-        second = frames[:, 1:].reshape(b * (t - 1), h, w, 3)
-        _, flows = self(jnp.concatenate([first, second]), jnp.concatenate([second, first]), iters)
-        forward, backward = jnp.split(flows.reshape(2, b, t - 1, h, w, 2), 2)
-        return forward[0], backward[0]
+        first, second = frames[:, :-1], frames[:, 1:]
+        pair = lambda a, c: jnp.stack([a, c], axis=1).reshape(b * 2 * (t - 1), h, w, 3)  # noqa: E731 (see __call__)
+        _, flows = self(pair(first, second), pair(second, first), iters)
+        flows = flows.reshape(b, 2, t - 1, h, w, 2)
+        return flows[:, 0], flows[:, 1]
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
