@@ -59,6 +59,11 @@ def topology_devices(name: str):
     return generation, topologies.get_topology_desc(name, "tpu").devices
 
 
+def clip_shape(spec: dict) -> list:
+    """(frames, height, width) of one training clip: the inpainting tasks' frames, the SR task's HR target."""
+    return list((spec["frames"] if "frames" in spec else spec["hr"]).shape[1:4])
+
+
 def compile_train(config, devices, batch):
     from ecformer_jax import tasks
     from ecformer_jax.training import aot
@@ -70,7 +75,7 @@ def compile_train(config, devices, batch):
     what = {"mode": "train", "model": config.model.name, "batch": config.batch_size,
             "per_chip_batch": config.batch_size // mesh.size, "dtype": config.dtype,
             "remat": bool(config.model.get("remat", False)), "shard_params": bool(config.mesh.shard_params),
-            "clip": list(tasks.for_config(config).batch_spec(config, 1)["frames"].shape[1:4])}
+            "clip": clip_shape(tasks.for_config(config).batch_spec(config, 1))}
     return aot.compile_train_step(config, tasks.for_config(config), mesh), mesh.size, what
 
 

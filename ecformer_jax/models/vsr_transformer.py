@@ -167,10 +167,11 @@ class VSRTransformer(nn.Module):
         b, t, h, w, _ = x.shape
         prev = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
         nxt = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
-        refs = jnp.concatenate([x, x]).reshape(2 * b * t, h, w, 3)
-        supps = jnp.concatenate([prev, nxt]).reshape(2 * b * t, h, w, 3)
-        flows = SPyNet(self.dtype, name="spynet")(refs, supps).reshape(2, b, t, h, w, 2)
-        return flows[0], flows[1]
+        # both directions stacked behind the batch axis: a batch sharded over devices stays on its device
+        refs = jnp.stack([x, x], axis=1).reshape(2 * b * t, h, w, 3)
+        supps = jnp.stack([prev, nxt], axis=1).reshape(2 * b * t, h, w, 3)
+        flows = SPyNet(self.dtype, name="spynet")(refs, supps).reshape(b, 2, t, h, w, 2)
+        return flows[:, 0], flows[:, 1]
 
 
 # --- positional encoding --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The CPU tiles of attention and the deformable conv split only non-batch axes, and E2FGVI's flow completion
-and ProPainter's RAFT pair frames within each clip: under a batch-sharded jit over 8 devices they compile to
+"""The CPU tiles of attention and the deformable conv split only non-batch axes, and the flows of E2FGVI
+and ProPainter (RAFT) pair frames within each clip: under a batch-sharded jit over 8 devices they compile to
 per-device work with no collectives, and give the unsharded result."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ cases["raft_bidirectional"] = (lambda tile: lambda c: jnp.stack(raft.apply(rv, c
 for name, (make, args, tiles) in cases.items():
     want = np.asarray(make(0)(*args))
     for tile in tiles:
-        out_sh = NamedSharding(sh.mesh, P(None, "data")) if name in ("e2fgvi_flows", "raft_bidirectional") else sh
+        out_sh = NamedSharding(sh.mesh, P(None, "data")) if name.endswith(("flows", "bidirectional")) else sh
         f = jax.jit(make(tile), in_shardings=(sh,) * len(args), out_shardings=out_sh)
         hlo = f.lower(*args).compile().as_text()
         found = [op for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all") if op in hlo]
