@@ -197,10 +197,13 @@ class BidirectionalPropagation(nn.Module):
         _, (backward, aligned_b) = scan(self.channels, self.dtype, name="backward_")(init, (frames[::-1],))
         backward = backward[::-1]
         _, (forward, _) = scan(self.channels, self.dtype, name="forward_")(init, (frames, backward))
+        # batch-major before the fusion conv flattens the leading axes: flattening (N, B) interleaves a batch
+        # sharded over devices, and XLA then gathers the whole batch on every device
+        batch_major = lambda a: jnp.moveaxis(a, 0, 1)  # noqa: E731
         fused = conv2d(self.channels, 1, dtype=self.dtype, name="fusion")(
-            jnp.concatenate([backward, forward], axis=-1)).astype(jnp.float32) + frames
+            jnp.concatenate([batch_major(backward), batch_major(forward)], axis=-1)).astype(jnp.float32)
         first = aligned_b[1] if n > 1 else aligned_b[0]
-        return jnp.moveaxis(fused, 0, 1), first
+        return fused + x.astype(jnp.float32), first
 
 
 class EdgeDetection(nn.Module):
@@ -217,8 +220,8 @@ class EdgeDetection(nn.Module):
         return jax.nn.sigmoid(conv2d(1, 1, dtype=self.dtype, name="out_layer")(_lrelu(p + e, 0.01)))
 
 
-DECODE_FRAMES = 8  # frames decoded at a time: the decoder's full-resolution 32-channel maps of every frame never
-# exist at once (80 720p frames: 9.3 GB for one of them)
+DECODE_FRAMES = 8  # frames of each clip decoded at a time: the decoder's full-resolution 32-channel maps of every
+# frame never exist at once (80 720p frames: 9.3 GB for one of them)
 ENCODE_FRAMES = 16  # frames encoded at a time in clips longer than ENCODE_FRAMES + 2 * HALO: the encoder's
 # 1/2-resolution maps of every frame never exist at once (80 720p frames: 2.3 GB each)
 HALO = 8  # the encoder's reach in time: four temporal convs of dilation 2 (each chunk encodes HALO more frames
@@ -281,20 +284,20 @@ class RecurrentFlowCompleteNet(nn.Module):
             x, feat_e1 = join(x), join(feat_e1)
         x, aligned = self.feat_prop_module(x)
         self.sow("intermediates", "feat_prop_module.deform_align.backward_", aligned)
-        x = x.reshape(b * n, *x.shape[2:])
-        self.sow("intermediates", "feat_prop_module_out", x)
-        feat_e1 = feat_e1.reshape(b * n, *feat_e1.shape[2:])
-        frames = b * n
-        if frames <= DECODE_FRAMES:
-            flow = self._decode(x, feat_e1, record=True)
-        else:  # DECODE_FRAMES frames at a time (the last group padded): the same per-frame numbers
-            groups = -(-frames // DECODE_FRAMES)
-            split = lambda a: jnp.pad(a, ((0, groups * DECODE_FRAMES - frames),) + ((0, 0),) * (a.ndim - 1)).reshape(
-                groups, DECODE_FRAMES, *a.shape[1:])  # noqa: E731
+        self.sow("intermediates", "feat_prop_module_out", x.reshape(b * n, *x.shape[2:]))
+        if n <= DECODE_FRAMES:
+            flow = self._decode(x.reshape(b * n, *x.shape[2:]), feat_e1.reshape(b * n, *feat_e1.shape[2:]),
+                                record=True).reshape(b, n, h, w, 2)
+        else:  # DECODE_FRAMES frames of every clip at a time (the last group padded): the same per-frame numbers.
+            # Grouped along time, not along the flattened (B * N) frames, so a batch sharded over devices stays put.
+            groups = -(-n // DECODE_FRAMES)
+            split = lambda a: jnp.moveaxis(jnp.pad(  # noqa: E731  (B, N, ...) -> (groups, B * DECODE_FRAMES, ...)
+                a, ((0, 0), (0, groups * DECODE_FRAMES - n)) + ((0, 0),) * (a.ndim - 2)).reshape(
+                b, groups, DECODE_FRAMES, *a.shape[2:]), 1, 0).reshape(groups, b * DECODE_FRAMES, *a.shape[2:])
             scan = nn.scan(lambda mdl, carry, xs: (carry, mdl._decode(*xs)), variable_broadcast="params",
                            split_rngs={"params": False})
-            flow = scan(self, None, (split(x), split(feat_e1)))[1].reshape(-1, h, w, 2)[:frames]
-        flow = flow.reshape(b, n, h, w, 2)
+            flow = scan(self, None, (split(x), split(feat_e1)))[1].reshape(groups, b, DECODE_FRAMES, h, w, 2)
+            flow = jnp.moveaxis(flow, 0, 1).reshape(b, groups * DECODE_FRAMES, h, w, 2)[:, :n]
         edges = None
         if self.training or self.is_initializing():  # init creates the edge detector's params too
             edges = self.detect_edges(flow)

@@ -402,10 +402,14 @@ class FeaturePropagation(nn.Module):
         # the forward pass runs over the backward pass's results (and the same masks)
         _, (forward, aligned_f) = scan(self.channels, interpolation, self.dtype, name="forward_1")(
             init, (backward, *_step_flows(flows_b, flows_f, False), masks))
-        fused = jnp.concatenate([backward, forward, masks], axis=-1).astype(self.dtype)
+        # batch-major again before the fusion convs flatten the leading axes: flattening (L, B) would interleave a
+        # batch sharded over devices, and XLA gathered the whole batch on every device (all-gathers per step)
+        batch_major = lambda a: jnp.moveaxis(a, 0, 1)  # noqa: E731
+        fused = jnp.concatenate([batch_major(backward), batch_major(forward), mask.astype(jnp.float32)],
+                                axis=-1).astype(self.dtype)
         fused = _lrelu(conv2d(self.channels, 3, dtype=self.dtype, name="fuse_0")(fused))
-        fused = conv2d(self.channels, 3, dtype=self.dtype, name="fuse_2")(fused).astype(jnp.float32) + frames
-        return jnp.moveaxis(fused, 0, 1), aligned_b[1], aligned_f[1]
+        fused = conv2d(self.channels, 3, dtype=self.dtype, name="fuse_2")(fused).astype(jnp.float32)
+        return fused + x.astype(jnp.float32), aligned_b[1], aligned_f[1]
 
 
 # --- transformer ----------------------------------------------------------------------------------

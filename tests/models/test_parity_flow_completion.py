@@ -115,7 +115,8 @@ def test_calls_tuples_training_edges_and_bad_input():
 @pytest.mark.slow
 def test_long_clips_encode_and_decode_a_few_frames_at_a_time(monkeypatch):
     """Long clips: the encoder runs chunk by chunk with HALO frames of context (the chunks' edges cut the clip),
-    the decoder group by group (the last padded), with the same flows."""
+    the decoder group by group (the last padded; each clip of the batch grouped along its own time axis), with the
+    same flows."""
     import jax.numpy as jnp
 
     from ecformer_jax.models import flow_completion as fc
@@ -123,8 +124,8 @@ def test_long_clips_encode_and_decode_a_few_frames_at_a_time(monkeypatch):
     model = models.build("recurrent_flow_completion")
     variables = models.init(model, "recurrent_flow_completion")
     rng = np.random.default_rng(3)
-    flows = jnp.asarray(rng.standard_normal((1, 21, 16, 24, 2)), jnp.float32)
-    masks = jnp.asarray(rng.random((1, 22, 16, 24, 1)) > 0.6, jnp.float32)
+    flows = jnp.asarray(rng.standard_normal((2, 21, 16, 24, 2)), jnp.float32)
+    masks = jnp.asarray(rng.random((2, 22, 16, 24, 1)) > 0.6, jnp.float32)
     run = lambda: jax.jit(lambda v: model.apply(v, (flows, flows[:, ::-1]), masks,  # noqa: E731
                                                 method="forward_bidirect_flow")[0])(variables)
     monkeypatch.setattr(fc, "DECODE_FRAMES", 32)
