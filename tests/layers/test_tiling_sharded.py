@@ -1,6 +1,7 @@
-"""The CPU tiles of attention and the deformable conv split only non-batch axes, and the flows of E2FGVI
-and ProPainter (RAFT) pair frames within each clip: under a batch-sharded jit over 8 devices they compile to
-per-device work with no collectives, and give the unsharded result."""
+"""The CPU tiles of attention and the deformable conv split only non-batch axes, and E2FGVI's flow completion
+pairs frames within each clip: under a batch-sharded jit over 8 devices they compile to per-device work with no
+collectives, and give the unsharded result. (RAFT's bidirectional flows pair frames the same way; not compiled
+here, for the suite's time.)"""
 from __future__ import annotations
 
 import os
@@ -31,10 +32,6 @@ sv = models.init(spynet, "spynet", jax.random.key(0))
 clips = rng.uniform(-1, 1, (8, 3, 128, 128, 3)).astype(np.float32)
 cases["e2fgvi_flows"] = (lambda tile: lambda c: jnp.stack(local_flows(lambda a, b: spynet.apply(sv, a, b), c, 3)),
                          (clips,), (None,))
-raft = models.build("raft")
-rv = models.init(raft, "raft", jax.random.key(0))
-cases["raft_bidirectional"] = (lambda tile: lambda c: jnp.stack(raft.apply(rv, c, 1, method="bidirectional")),
-                               (clips[:, :2, :64, :64],), (None,))
 for name, (make, args, tiles) in cases.items():
     want = np.asarray(make(0)(*args))
     for tile in tiles:
