@@ -27,6 +27,13 @@ _PADDINGS = ("zeros", "border", "reflection")
 
 
 # --- grid sampling ---------------------------------------------------------------------------------
+def frame_pairs(a, c):
+    """Clips a, c (B, N, ...) -> (B * 2 * N, ...), rows ordered (sample, which, frame): both members of a pair set
+    as one batch for a flow network while each sample's rows stay together, so a batch sharded over devices stays
+    on its device (concatenating [a; c] along the batch axis made XLA exchange halves between devices)."""
+    return jnp.stack([a, c], axis=1).reshape(-1, *a.shape[2:])
+
+
 def _unnormalize(coord, size: int, align_corners: bool):
     if align_corners:
         return (coord + 1) / 2 * (size - 1)

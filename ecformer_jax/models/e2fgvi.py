@@ -42,7 +42,7 @@ from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, Encoder, conv2d, decoder_from_torch, encoder_from_torch, normal_init
 from ecformer_jax.layers.deform import SecondOrderDeformableAlignment, deform_align_from_torch
 from ecformer_jax.layers.feedforward import FusionFeedForward
-from ecformer_jax.layers.flow import SPyNet, flow_warp, spynet_from_torch
+from ecformer_jax.layers.flow import SPyNet, flow_warp, frame_pairs, spynet_from_torch
 from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
@@ -180,11 +180,7 @@ def local_flows(spynet, frames, num_local: int):
     local = upsample_bilinear(local.reshape(b * nl, height, width, 3), (h, w), align_corners=True)
     local = local.reshape(b, nl, h, w, 3)
     first, second = local[:, :-1], local[:, 1:]
-    # both directions stacked behind the batch axis, so that a batch sharded over devices stays sharded the same
-    # way (concatenating along the merged batch axis made XLA exchange halves between devices: 28
-    # collective-permutes in a data-parallel step)
-    pair = lambda a, b_: jnp.stack([a, b_], axis=1).reshape(b * 2 * (nl - 1), h, w, 3)  # noqa: E731
-    flows = spynet(pair(first, second), pair(second, first)).reshape(b, 2, nl - 1, h, w, 2)
+    flows = spynet(frame_pairs(first, second), frame_pairs(second, first)).reshape(b, 2, nl - 1, h, w, 2)
     return flows[:, 0], flows[:, 1]
 
 

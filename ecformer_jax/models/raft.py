@@ -61,6 +61,7 @@ import numpy as np
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import conv2d
+from ecformer_jax.layers.flow import frame_pairs
 from ecformer_jax.layers.resize import avg_pool2d
 from ecformer_jax.models.registry import register
 
@@ -478,8 +479,7 @@ class RAFT(nn.Module):
         if t < 2:
             raise ValueError(f"RAFT bidirectional needs at least 2 frames; got {t}")
         first, second = frames[:, :-1], frames[:, 1:]
-        pair = lambda a, c: jnp.stack([a, c], axis=1).reshape(b * 2 * (t - 1), h, w, 3)  # noqa: E731 (see __call__)
-        _, flows = self(pair(first, second), pair(second, first), iters)
+        _, flows = self(frame_pairs(first, second), frame_pairs(second, first), iters)
         flows = flows.reshape(b, 2, t - 1, h, w, 2)
         return flows[:, 0], flows[:, 1]
 

@@ -51,7 +51,7 @@ from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.attention import dot_product_attention
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import pixel_shuffle
-from ecformer_jax.layers.flow import SPyNet, flow_warp, spynet_from_torch
+from ecformer_jax.layers.flow import SPyNet, flow_warp, frame_pairs, spynet_from_torch
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.models.registry import register
 
@@ -167,10 +167,7 @@ class VSRTransformer(nn.Module):
         b, t, h, w, _ = x.shape
         prev = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
         nxt = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
-        # both directions stacked behind the batch axis: a batch sharded over devices stays on its device
-        refs = jnp.stack([x, x], axis=1).reshape(2 * b * t, h, w, 3)
-        supps = jnp.stack([prev, nxt], axis=1).reshape(2 * b * t, h, w, 3)
-        flows = SPyNet(self.dtype, name="spynet")(refs, supps).reshape(b, 2, t, h, w, 2)
+        flows = SPyNet(self.dtype, name="spynet")(frame_pairs(x, x), frame_pairs(prev, nxt)).reshape(b, 2, t, h, w, 2)
         return flows[:, 0], flows[:, 1]
 
 
