@@ -25,9 +25,9 @@ Correlation (`corr`): "dense" precomputes the whole pyramid, B * (HW/64)^2 * 4 b
 per pair); "chunked" never builds it: it pools image2's features instead (pooling commutes with the dot
 product) and, `corr_chunk` query pixels at a time, gathers each pixel's 12x12 window of pooled features and
 dots it with the pixel's feature, so memory is O(corr_chunk * 144 * 256) whatever the frame size. "auto" (the
-default) is dense up to DENSE_LIMIT_BYTES of level-0 volume; above it, when a few pairs fit, dense for that many
-pairs at a time (the iterations then run group after group: the same numbers as one dense call), and chunked
-only when not even one pair fits (1080p). Both sample the same positions with the same weights; they differ
+default) is dense up to DENSE_LIMIT_BYTES of level-0 volume per clip; above it, when a few pairs fit, dense for that
+many pairs of each clip at a time (the iterations then run group after group: the same numbers as one dense call),
+and chunked only when not even one pair fits (1080p). Both sample the same positions with the same weights; they differ
 only by float32 rounding (order of pooling and dot products). On the CPU dense is much the faster: the chunked
 lookup gathers 144 x 256 features per pixel, level and iteration (one 720p pair, 20 iterations: 10.4 s dense,
 28.1 s chunked).
@@ -71,7 +71,7 @@ FEATURE_DIM = 256
 HIDDEN_DIM = 128
 CONTEXT_DIM = 128
 NORM_EPS = 1e-5
-DENSE_LIMIT_BYTES = 1 << 30  # corr="auto": dense while the level-0 volume B * N * N * 4 bytes stays below this
+DENSE_LIMIT_BYTES = 1 << 30  # corr="auto": dense while a clip's level-0 volume pairs * N * N * 4 bytes stays below
 CORR_MODES = ("auto", "dense", "chunked")
 
 # official module path (the fixtures' intermediate names) -> our intermediates key
@@ -418,11 +418,16 @@ class RAFT(nn.Module):
         return max((g for g in range(1, batch + 1) if batch % g == 0 and g <= fits), default=0)
 
     @nn.compact
-    def __call__(self, image1, image2, iters: int = 20, flow_init=None):
+    def __call__(self, image1, image2, iters: int = 20, flow_init=None, clips: int = 1):
+        """Pairs image1 -> image2 (B, H, W, 3) in [-1, 1] -> (flow at 1/8, flow) (B, ...). `clips`: the batch is that
+        many equal blocks of pairs (one per clip, as `bidirectional` lays them out); corr="auto" groups the pairs of
+        each block and runs every block's group together, so a batch sharded by clip stays on its devices."""
         b, h, w = self._check(image1, image2)
         iters = int(iters)
         if iters < 1:
             raise ValueError(f"RAFT iters must be >= 1; got {iters}")
+        if clips < 1 or b % clips:
+            raise ValueError(f"RAFT clips must divide the batch of {b} pairs; got {clips}")
         h8, w8 = h // 8, w // 8
         # both images in one call, stacked behind the batch axis: a batch sharded over devices stays put
         # (concatenating along the batch axis would make XLA exchange halves between devices)
@@ -443,7 +448,9 @@ class RAFT(nn.Module):
                 raise ValueError(f"RAFT flow_init must have shape {(b, h8, w8, 2)}; got {tuple(flow_init.shape)}")
             coords1 = coords1 + flow_init.astype(jnp.float32)
         block = UpdateBlock(HIDDEN_DIM, self.dtype, name="update_block")
-        group = self.corr_group(b, h, w)
+        per = b // clips
+        group = self.corr_group(per, h, w)  # pairs of each clip at a time
+        group = b if group == per else group
         if group == b:
             pyramid = corr_pyramid(fmap1, fmap2)
             lookup = lambda coords: lookup_dense(pyramid, coords)  # noqa: E731
@@ -457,17 +464,22 @@ class RAFT(nn.Module):
             self.sow("intermediates", "update_block.flow_head", delta)
             self.sow("intermediates", "update_block.mask", block.mask_logits(net))  # dead code unless recorded
             net, coords1 = _iterate(block, net, inp, coords0, coords1, lookup, iters - 1)
-        else:  # `group` pairs at a time, each group's dense pyramid alive during its iterations only
+        else:  # `group` pairs of every clip at a time, each group's dense pyramid alive during its iterations only
             def one_group(ub, carry, xs):
                 f1, f2, net, inp, c1 = xs
                 pyramid = corr_pyramid(f1, f2)
                 return carry, _iterate(ub, net, inp, c0, c1, lambda c: lookup_dense(pyramid, c), iters)
 
-            c0 = coords_grid(group, h8, w8)
-            split = lambda a: a.reshape(b // group, group, *a.shape[1:])  # noqa: E731
+            steps = per // group
+            c0 = coords_grid(clips * group, h8, w8)
+            # (clips * per, ...) -> (steps, clips * group, ...): the scan runs over each clip's own pairs
+            split = lambda a: jnp.swapaxes(a.reshape(clips, steps, group, *a.shape[1:]), 0, 1).reshape(  # noqa: E731
+                steps, clips * group, *a.shape[1:])
+            merge = lambda a: jnp.swapaxes(a.reshape(steps, clips, group, *a.shape[2:]), 0, 1).reshape(  # noqa: E731
+                b, *a.shape[2:])
             scan = nn.scan(one_group, variable_broadcast="params", split_rngs={"params": False})
             _, (net, coords1) = scan(block, None, tuple(map(split, (fmap1, fmap2, net, inp, coords1))))
-            net, coords1 = net.reshape(b, *net.shape[2:]), coords1.reshape(b, *coords1.shape[2:])
+            net, coords1 = merge(net), merge(coords1)
         mask = 0.25 * block.mask_logits(net).astype(jnp.float32)
         flow_low = coords1 - coords0
         return flow_low, upsample_flow(flow_low, mask)
@@ -479,7 +491,7 @@ class RAFT(nn.Module):
         if t < 2:
             raise ValueError(f"RAFT bidirectional needs at least 2 frames; got {t}")
         first, second = frames[:, :-1], frames[:, 1:]
-        _, flows = self(frame_pairs(first, second), frame_pairs(second, first), iters)
+        _, flows = self(frame_pairs(first, second), frame_pairs(second, first), iters, clips=b)
         flows = flows.reshape(b, 2, t - 1, h, w, 2)
         return flows[:, 0], flows[:, 1]
 

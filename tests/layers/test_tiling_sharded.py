@@ -1,7 +1,7 @@
-"""The CPU tiles of attention and the deformable conv split only non-batch axes, and E2FGVI's flow completion
-pairs frames within each clip: under a batch-sharded jit over 8 devices they compile to per-device work with no
-collectives, and give the unsharded result. (RAFT's bidirectional flows pair frames the same way; not compiled
-here, for the suite's time.)"""
+"""The CPU tiles of attention and the deformable conv split only non-batch axes, and E2FGVI's flow completion and
+RAFT's bidirectional flows pair frames within each clip (RAFT also groups its correlation pyramids per clip):
+under a batch-sharded jit over 8 devices they compile to per-device work with no collectives, and give the
+unsharded result."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import sys
 
 SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_disable_most_optimizations", True)  # compile-bound: small programs run once
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ecformer_jax.layers.attention import attend
 from ecformer_jax.layers.deform import modulated_deform_conv2d
@@ -32,8 +33,17 @@ sv = models.init(spynet, "spynet", jax.random.key(0))
 clips = rng.uniform(-1, 1, (8, 3, 128, 128, 3)).astype(np.float32)
 cases["e2fgvi_flows"] = (lambda tile: lambda c: jnp.stack(local_flows(lambda a, b: spynet.apply(sv, a, b), c, 3)),
                          (clips,), (None,))
+# RAFT (ProPainter): 4 pairs per clip with room for 2 correlation pyramids per clip: 2 groups, each clip's own
+from ecformer_jax.models import raft
+raft.DENSE_LIMIT_BYTES = 2 * (8 * 8) ** 2 * 4
+rm = models.build("raft")
+rv = models.init(rm, "raft", jax.random.key(0))
+assert rm.corr_group(4, 64, 64) == 2
+clips64 = clips[:, :, :64, :64]
+cases["raft_bidirectional"] = (lambda tile: lambda c: jnp.stack(rm.apply(rv, c, 2, method="bidirectional")),
+                               (clips64,), (None,))
 for name, (make, args, tiles) in cases.items():
-    want = np.asarray(make(0)(*args))
+    want = np.asarray(jax.jit(make(0))(*args))
     for tile in tiles:
         out_sh = NamedSharding(sh.mesh, P(None, "data")) if name.endswith(("flows", "bidirectional")) else sh
         f = jax.jit(make(tile), in_shardings=(sh,) * len(args), out_shardings=out_sh)

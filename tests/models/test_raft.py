@@ -93,17 +93,20 @@ def test_auto_mode_switches_to_groups_then_chunked_for_large_volumes():
 
 @pytest.mark.slow
 def test_dense_pairs_in_groups_equal_one_dense_call(monkeypatch):
-    """4 pairs of 64x64 with room for 2 pyramids at a time: the same flows as one dense call."""
+    """2 clips x 2 pairs of 64x64 with room for 1 pyramid per clip at a time: two steps of one pair of each clip
+    (the clips' rows stay apart, as a batch sharded by clip needs), the same flows as one dense call."""
     model = models.build("raft")
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.uniform(-1, 1, (4, 64, 64, 3)), jnp.float32)
     b = jnp.roll(a, 2, axis=2)
     variables = models.init(model, "raft")
-    run = lambda m: np.asarray(jax.jit(lambda v: m.apply(v, a, b, 3)[1])(variables))  # noqa: E731
+    run = lambda m: np.asarray(jax.jit(lambda v: m.apply(v, a, b, 3, clips=2)[1])(variables))  # noqa: E731
     whole = run(model)
-    monkeypatch.setattr(raft, "DENSE_LIMIT_BYTES", 2 * 64 * 64 * 4)
-    assert model.corr_group(4, 64, 64) == 2
+    monkeypatch.setattr(raft, "DENSE_LIMIT_BYTES", 64 * 64 * 4)
+    assert model.corr_group(2, 64, 64) == 1
     np.testing.assert_allclose(run(models.build("raft")), whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+    with pytest.raises(ValueError, match="clips must divide"):
+        model.apply(variables, a, b, 3, clips=3)
 
 
 # --- converter ---------------------------------------------------------------------------------------
