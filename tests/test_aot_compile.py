@@ -49,3 +49,20 @@ def test_train_step_compiles_for_a_v5e_topology():
     assert report["flops_per_step"] == pytest.approx(4 * report["flops_per_chip"]) and report["flops_per_chip"] > 1e9
     # data parallel: the gradients are summed over the chips, nothing else is communicated
     assert set(report["collectives"]) == {"all-reduce"}
+
+
+def test_v4_is_one_device_per_chip_and_a_bad_topology_is_one_line():
+    """A v4 pod runs each chip's two TensorCores as one device (megacore): v4:2x2x4 is v4-32, 16 devices of
+    32 GiB. libtpu's default compile-only v4 topology has a device per core, which JAX's mesh refuses."""
+    if not IN_CI:
+        pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is not installed")
+    script = ("import sys; sys.path.insert(0, 'tools'); from absl import app; import aot_compile as t\n"
+              "gen, devices = t.topology_devices('v4:2x2x4')\n"
+              "print(gen, len(devices), devices[0].device_kind, devices[0].num_cores)\n"
+              "try:\n    t.topology_devices('v4:3x3x3')\nexcept app.UsageError as e:\n    print('USAGE', e)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == "v4 16 TPU v4 2"
+    assert lines[1].startswith("USAGE --topology 'v4:3x3x3': libtpu has no such topology (") and len(lines) == 2
+    assert aot.CHIPS["v4"] == (32 * aot.GiB, 275e12)

@@ -36,7 +36,7 @@ from absl import app, flags  # noqa: E402
 from ecformer_jax.configs import define_config_flag  # noqa: E402
 
 _CONFIG = define_config_flag()
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU generation:chips, e.g. v5e:4x4, v4:2x2x4, v5p:2x2x2")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU generation:chips, e.g. v5e:4x4, v4:2x2x4 (16 chips = v4-32), v5p:2x2x2")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "infer"], "the train step or the inference window")
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (train) or crops per call (infer, VSR); "
                               "default: the config's, at least one clip per chip")
@@ -56,7 +56,13 @@ def topology_devices(name: str):
 
     if generation not in CHIPS:
         raise app.UsageError(f"--topology {name!r}: generation must be one of {', '.join(CHIPS)}")
-    return generation, topologies.get_topology_desc(name, "tpu").devices
+    # v4: one device per chip, its two TensorCores together (megacore), as JAX runs a v4 pod; libtpu's default
+    # compile-only v4 topology has a device per TensorCore, which JAX's mesh construction refuses
+    options = {"chip_config_name": "megacore"} if generation == "v4" else {}
+    try:
+        return generation, topologies.get_topology_desc(name, "tpu", **options).devices
+    except Exception as e:  # libtpu's message, on one line (e.g. an unknown chip count)
+        raise app.UsageError(f"--topology {name!r}: libtpu has no such topology ({str(e).splitlines()[0]})") from e
 
 
 def clip_shape(spec: dict) -> list:

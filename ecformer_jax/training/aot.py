@@ -56,11 +56,11 @@ def compile_train_step(config, task, mesh):
 
 # --- what the compiled program says ---------------------------------------------------------------------
 GiB = 1 << 30
-# generation: (HBM bytes, peak bf16 FLOP/s) per JAX device, from the Cloud TPU system-architecture pages. The
-# compile-only v4 topology exposes each of a chip's two TensorCores as a device (a v4 chip: 32 GiB, 275 TFLOP/s);
-# v5e, v5p and v6e give one device per chip.
+# generation: (HBM bytes, peak bf16 FLOP/s) per JAX device = per chip, from the Cloud TPU system-architecture
+# pages. A v4 chip's two TensorCores run as one device ("megacore", as on a real v4 pod; tools/aot_compile.py asks
+# libtpu for that configuration); v5e, v5p and v6e have one device per chip anyway.
 CHIPS = {
-    "v4": (16 * GiB, 137.5e12),
+    "v4": (32 * GiB, 275e12),
     "v5e": (16 * GiB, 197e12),
     "v5p": (95 * GiB, 459e12),
     "v6e": (32 * GiB, 918e12),
