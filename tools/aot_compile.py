@@ -36,7 +36,8 @@ from absl import app, flags  # noqa: E402
 from ecformer_jax.configs import define_config_flag  # noqa: E402
 
 _CONFIG = define_config_flag()
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU generation:chips, e.g. v5e:4x4, v4:2x2x4 (16 chips = v4-32), v5p:2x2x2")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2",
+                                "TPU generation:chips, e.g. v5e:4x4, v4:2x2x4 (16 chips = v4-32), v5p:2x2x2")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "infer"], "the train step or the inference window")
 _BATCH = flags.DEFINE_integer("batch", None, "global batch (train) or crops per call (infer, VSR); "
                               "default: the config's, at least one clip per chip")
