@@ -41,7 +41,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision=None, preferred_element_type=None):
     """jax.lax.conv_general_dilated; for the CPU target a plain 2-D NHWC / HWIO conv (explicit padding, any
-    stride and dilation, no groups) gets its kernel gradient as one matrix product per tap.
+    stride and dilation, no groups) gets its kernel gradient as one matrix product per tap (or, with few
+    output channels, as one product with the output gradient shifted to every tap).
 
     XLA's CPU backend computes a conv's kernel gradient 2-9x slower than the conv itself, and inside a loop
     (the scans of ProPainter's propagation, E2FGVI's and RAFT's recurrences) up to 40x: a 3x3 conv of
@@ -86,6 +87,16 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
     n, ho, wo, _ = dy.shape
     (sh, sw), (dh, dw) = strides, dilation
     xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    if (sh, sw) == (1, 1) and 4 * cout <= cin:
+        # Few output channels (a decoder's last conv, 64 -> 3): shift the small output gradient to every tap
+        # instead of copying the wide input nine times, and contract once. (64 -> 3 at 3 x 240x432: 0.47 -> 0.12 s)
+        hp, wp = xp.shape[1:3]
+        zero = jnp.zeros((), dy.dtype)
+        shifted = [jax.lax.pad(dy, zero, ((0, 0, 0), (i * dh, hp - ho - i * dh, 0), (j * dw, wp - wo - j * dw, 0),
+                                          (0, 0, 0))) for i in range(kh) for j in range(kw)]
+        g = jnp.dot(xp.reshape(-1, cin).T, jnp.concatenate(shifted, axis=-1).reshape(-1, kh * kw * cout),
+                    precision=precision, preferred_element_type=jnp.float32)
+        return dx, g.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(k.dtype)
     dy_rows = dy.reshape(n * ho * wo, cout)
     taps = []
     for i in range(kh):

@@ -42,17 +42,19 @@ def test_grouped_conv2d_runs_one_conv_per_group_with_torch_semantics():
     np.testing.assert_allclose(np.asarray(split), np.asarray(grouped), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,dilation", [
-    ((3, 2), (2, 3), ((3, 1), (0, 2)), (1, 1)),  # odd strides, asymmetric padding
-    ((3, 3), (2, 1), ((2, 2), (-1, 2)), (2, 3)),  # dilation, negative padding
+@pytest.mark.parametrize("kernel,stride,padding,dilation,channels", [
+    ((3, 2), (2, 3), ((3, 1), (0, 2)), (1, 1), (6, 5)),  # odd strides, asymmetric padding
+    ((3, 3), (2, 1), ((2, 2), (-1, 2)), (2, 3), (6, 5)),  # dilation, negative padding
+    ((3, 3), (1, 1), ((1, 2), (-1, 2)), (2, 1), (8, 2)),  # few output channels: the output gradient is shifted
 ])
-def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, padding, dilation):
+def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, padding, dilation, channels):
     """On the CPU a plain NHWC conv differentiates its kernel tap by tap (layers/conv.py): the same values and
     gradients as XLA's own, also inside a scan (where XLA's is 40x slower) and for bfloat16; the AOT target
     platform (tpu) keeps XLA's."""
     rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.standard_normal((2, 3, 13, 17, 6)), jnp.float32)
-    k = jnp.asarray(rng.standard_normal((*kernel, 6, 5)), jnp.float32)
+    cin, cout = channels
+    x = jnp.asarray(rng.standard_normal((2, 3, 13, 17, cin)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((*kernel, cin, cout)), jnp.float32)
     dn = ("NHWC", "HWIO", "NHWC")
     native = lambda a, b: jax.lax.conv_general_dilated(a, b, stride, padding, rhs_dilation=dilation,  # noqa: E731
                                                        dimension_numbers=dn)
@@ -77,7 +79,7 @@ def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, paddi
     assert "dot_general" in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k))
     with on_platform("tpu"):
         assert "dot_general" not in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k))
-    big = jnp.zeros((7, 7, 6, 5))  # more than MAX_TAPS taps: XLA's gradient (49 products compile too slowly)
+    big = jnp.zeros((7, 7, cin, cout))  # more than MAX_TAPS taps: XLA's gradient (49 products compile too slowly)
     assert "dot_general" not in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, big))
     xb, kb = x[0].astype(jnp.bfloat16), k.astype(jnp.bfloat16)
     gb = jax.grad(lambda b: jnp.sum(ours(xb, b).astype(jnp.float32) ** 2))(kb)
