@@ -46,11 +46,12 @@ def test_grouped_conv2d_runs_one_conv_per_group_with_torch_semantics():
     ((3, 2), (2, 3), ((3, 1), (0, 2)), (1, 1), (6, 5)),  # odd strides, asymmetric padding
     ((3, 3), (2, 1), ((2, 2), (-1, 2)), (2, 3), (6, 5)),  # dilation, negative padding
     ((3, 3), (1, 1), ((1, 2), (-1, 2)), (2, 1), (8, 2)),  # few output channels: the output gradient is shifted
+    ((5, 5), (2, 2), ((2, 1), (-1, 2)), (1, 1), (6, 5)),  # 25 taps: XLA's kernel gradient, input gradient by phase
 ])
 def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, padding, dilation, channels):
-    """On the CPU a plain NHWC conv differentiates its kernel tap by tap (layers/conv.py): the same values and
-    gradients as XLA's own, also inside a scan (where XLA's is 40x slower) and for bfloat16; the AOT target
-    platform (tpu) keeps XLA's."""
+    """On the CPU a plain NHWC conv differentiates its kernel tap by tap and a strided one its input phase by
+    phase (layers/conv.py): the same values and gradients as XLA's own, also inside a scan (where XLA's kernel
+    gradient is 40x slower) and for bfloat16; the AOT target platform (tpu) keeps XLA's."""
     rng = np.random.default_rng(5)
     cin, cout = channels
     x = jnp.asarray(rng.standard_normal((2, 3, 13, 17, cin)), jnp.float32)
@@ -75,11 +76,12 @@ def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, paddi
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
     for g, w in zip(got[1], want[1]):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(w))))
-    # the per-tap products are in the CPU program, not in one traced for a TPU
-    assert "dot_general" in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k))
+    # the CPU program has its own gradient (per-tap products where the kernel is small), not one traced for a TPU
+    assert "custom_vjp_call" in str(jax.make_jaxpr(loss(ours))(x, k))
+    assert ("dot_general" in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k))) == (k[..., 0, 0].size <= 9)
     with on_platform("tpu"):
-        assert "dot_general" not in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k))
-    big = jnp.zeros((7, 7, cin, cout))  # more than MAX_TAPS taps: XLA's gradient (49 products compile too slowly)
+        assert "custom_vjp_call" not in str(jax.make_jaxpr(loss(ours))(x, k))
+    big = jnp.zeros((7, 7, cin, cout))  # more than MAX_TAPS taps: XLA's kernel gradient (49 products compile slowly)
     assert "dot_general" not in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, big))
     xb, kb = x[0].astype(jnp.bfloat16), k.astype(jnp.bfloat16)
     gb = jax.grad(lambda b: jnp.sum(ours(xb, b).astype(jnp.float32) ** 2))(kb)
