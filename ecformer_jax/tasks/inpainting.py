@@ -248,6 +248,11 @@ def _init_generator(config, generator, key, frames, masks):
 
 
 # --- the step ----------------------------------------------------------------------------------------------
+def lane_dense(images):
+    """(..., W, C) -> (..., W * C)."""
+    return images.reshape(*images.shape[:-2], -1)
+
+
 def make_train_step(config, built: Models):
     """train_step(state, batch) -> (state, metrics). batch: uint8 frames (B,T,H,W,3), masks (B,T,H,W,1)."""
     generator, disc, flow_targets, guide = built
@@ -262,6 +267,7 @@ def make_train_step(config, built: Models):
     adversarial = cl.adversarial_weight != 0
 
     def d_apply(params, spectral, clip):
+        clip = clip.reshape(*clip.shape[:-1], -1, 3)  # from the lane-dense (B, T, H, W * 3)
         if joint:  # the official trainers: all B*T frames of the (per-device) batch form one clip
             clip = clip.reshape(1, -1, *clip.shape[2:])
         logits, upd = disc.apply({"params": params, "spectral": spectral}, clip.astype(dtype), train=True,
@@ -283,10 +289,14 @@ def make_train_step(config, built: Models):
             return pred.astype(jnp.float32), (extras.get("flows", ()) if with_flows else ())
 
         (pred, flows), g_vjp = jax.vjp(g_forward, state.g_params)
-        comp = frames * (1.0 - masks) + pred * masks
+        # The full-resolution images of the losses and of D's input are kept lane-dense, (B, T, H, W * 3): a TPU
+        # stores the minor axis in 128-wide lanes, where 3 channels would take 43x their size in HBM.
+        frames_d, pred_d = lane_dense(frames), lane_dense(pred)
+        masks_d = lane_dense(jnp.broadcast_to(masks, frames.shape))
+        comp = frames_d * (1.0 - masks_d) + pred_d * masks_d
 
-        def reconstruction(pred, flows):  # the generator's terms without D: hole / valid L1 (+ flow L1)
-            hole, valid = losses.hole_valid_l1(pred, frames, masks)
+        def reconstruction(pred_d, flows):  # the generator's terms without D: hole / valid L1 (+ flow L1)
+            hole, valid = losses.hole_valid_l1(pred_d, frames_d, masks_d)
             terms = {"hole_l1": hole, "valid_l1": valid}
             total = cl.hole_weight * hole + cl.valid_weight * valid
             if with_flows:
@@ -296,8 +306,8 @@ def make_train_step(config, built: Models):
 
         if not adversarial:  # no GAN term: D is neither run nor updated (the state keeps it as it is)
             (g_loss, terms), (d_pred, d_flows) = jax.value_and_grad(
-                reconstruction, argnums=(0, 1), has_aux=True)(pred, flows)
-            (g_grads,) = g_vjp((d_pred, d_flows))
+                reconstruction, argnums=(0, 1), has_aux=True)(pred_d, flows)
+            (g_grads,) = g_vjp((d_pred.reshape(pred.shape), d_flows))
             g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
             g_norm = optax.tree.norm(g_grads)
             new_state = guarded_update(state, all_finite(g_loss, g_norm),
@@ -306,7 +316,7 @@ def make_train_step(config, built: Models):
 
         # --- discriminator step ------------------------------------------------------------------
         def d_loss_fn(d_params):
-            real, spectral = d_apply(d_params, state.d_spectral, frames)
+            real, spectral = d_apply(d_params, state.d_spectral, frames_d)
             fake, spectral = d_apply(d_params, spectral, jax.lax.stop_gradient(comp))
             return losses.discriminator_loss(real, fake, cl.gan_type), spectral
 
@@ -315,16 +325,15 @@ def make_train_step(config, built: Models):
         d_params = optax.apply_updates(state.d_params, d_updates)
 
         # --- generator step (adversarial term with the updated D) ---------------------------------
-        def g_loss_fn(pred, flows):
-            total, terms = reconstruction(pred, flows)
-            c = frames * (1.0 - masks) + pred * masks
-            fake, new_spectral = d_apply(d_params, spectral, c)
+        def g_loss_fn(pred_d, flows):
+            total, terms = reconstruction(pred_d, flows)
+            fake, new_spectral = d_apply(d_params, spectral, frames_d * (1.0 - masks_d) + pred_d * masks_d)
             terms["g_adv"] = losses.generator_adversarial_loss(fake, cl.gan_type)
             return total + cl.adversarial_weight * terms["g_adv"], (terms, new_spectral)
 
         (g_loss, (terms, spectral)), (d_pred, d_flows) = jax.value_and_grad(
-            g_loss_fn, argnums=(0, 1), has_aux=True)(pred, flows)
-        (g_grads,) = g_vjp((d_pred, d_flows))
+            g_loss_fn, argnums=(0, 1), has_aux=True)(pred_d, flows)
+        (g_grads,) = g_vjp((d_pred.reshape(pred.shape), d_flows))
         g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
         g_params = optax.apply_updates(state.g_params, g_updates)
 

@@ -9,7 +9,7 @@ def hole_valid_l1(pred, target, masks):
     """(hole L1, valid L1), each normalised by the mean of its mask as the official code does:
     mean|m * (pred - gt)| / mean(m) and mean|(1 - m) * (pred - gt)| / mean(1 - m)."""
     diff = jnp.abs(pred - target)
-    m = jnp.broadcast_to(masks, diff.shape[:-1] + (1,))
+    m = jnp.broadcast_to(masks, diff.shape)  # masks (..., 1) or already as wide as diff
     hole = jnp.mean(diff * m) / jnp.maximum(jnp.mean(m), 1e-8)
     valid = jnp.mean(diff * (1 - m)) / jnp.maximum(jnp.mean(1 - m), 1e-8)
     return hole, valid
