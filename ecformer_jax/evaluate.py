@@ -53,6 +53,7 @@ from etils import epath
 
 from ecformer_jax.errors import USER_ERRORS, report
 from ecformer_jax.evaluation.run import FLOW_SOURCES, PER_FRAME, PER_VIDEO, SUMMARY, format_table, run
+from ecformer_jax.huge_pages import restart_with_huge_pages
 from ecformer_jax.inference.common import parse_size
 
 
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
                    "frames with --checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if argv is None:  # the command line, not a caller's list
+        restart_with_huge_pages()
 
     try:
         run(args.results, args.gt, args.output, masks=args.masks, i3d=args.i3d, flow_checkpoint=args.flow_checkpoint,

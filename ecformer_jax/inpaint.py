@@ -44,6 +44,7 @@ import argparse
 import sys
 
 from ecformer_jax.errors import USER_ERRORS, report
+from ecformer_jax.huge_pages import restart_with_huge_pages
 from ecformer_jax.inference import protocol
 from ecformer_jax.inference.common import parse_size
 from ecformer_jax.inference.inpaint import inpaint
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-side-by-side", action="store_true", help="skip the input | result comparison video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if argv is None:  # the command line, not a caller's list
+        restart_with_huge_pages()
 
     try:
         frame_range = protocol.parse_frame_range(args.frames)

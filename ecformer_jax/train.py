@@ -23,6 +23,7 @@ import sys
 from absl import app, flags, logging
 
 from ecformer_jax.configs import define_config_flag
+from ecformer_jax.huge_pages import restart_with_huge_pages
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard events and image grids go")
@@ -81,6 +82,7 @@ def run(argv):
 
 def main():
     """Console entry point (ecformer-train)."""
+    restart_with_huge_pages()
     app.run(run)
 
 

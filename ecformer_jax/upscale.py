@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from ecformer_jax.errors import USER_ERRORS, report
+from ecformer_jax.huge_pages import restart_with_huge_pages
 from ecformer_jax.inference.upscale import upscale
 
 
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-side-by-side", action="store_true", help="skip the bicubic | result comparison video")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if argv is None:  # the command line, not a caller's list
+        restart_with_huge_pages()
 
     try:
         summary = upscale(args.checkpoint, args.video, args.output, model_name=args.model, overwrite=args.overwrite,

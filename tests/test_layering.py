@@ -2,8 +2,8 @@
 at module level or inside a function, goes to a package at or below the importer's level, and nothing
 imports a command module.
 
-    errors -> paths -> run_once -> layers -> models -> convert -> data -> training -> inference -> tasks -> configs
-    -> evaluation -> commands (train.py, inpaint.py, upscale.py, evaluate.py, convert/__main__.py)
+    errors -> paths -> huge_pages -> run_once -> layers -> models -> convert -> data -> training -> inference -> tasks
+    -> configs -> evaluation -> commands (train.py, inpaint.py, upscale.py, evaluate.py, convert/__main__.py)
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ecformer_jax"
 # bottom to top; a module may import its own package and the packages before it
-LEVELS = ("errors", "paths", "run_once", "layers", "models", "convert", "data", "training", "inference", "tasks",
-          "configs", "evaluation", "commands")
+LEVELS = ("errors", "paths", "huge_pages", "run_once", "layers", "models", "convert", "data", "training", "inference",
+          "tasks", "configs", "evaluation", "commands")
 COMMANDS = {"ecformer_jax.train", "ecformer_jax.inpaint", "ecformer_jax.upscale", "ecformer_jax.evaluate",
             "ecformer_jax.convert.__main__"}
 

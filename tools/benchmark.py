@@ -37,6 +37,9 @@ official T-PatchGAN discriminator (spectral norm, one power iteration per D call
 included) with a config that makes it this computation (`train_config`); the torch side writes it out.
 The losses of the first two steps (the second one after an update of both networks) must agree within
 the same tolerance.
+
+The JAX side runs as the commands do: with glibc's huge-page tunable where it helps (ecformer_jax/huge_pages.py;
+`glibc_tunables` in the JSON); the official side as PyTorch runs by default, unless --official-huge-pages.
 """
 from __future__ import annotations
 
@@ -73,6 +76,9 @@ def parse_args(argv=None):
                         "(default: ../shared/data/tennis when present)")
     p.add_argument("--threads", type=int, default=None,
                    help="with --against-official: restrict both sides to this many CPUs")
+    p.add_argument("--official-huge-pages", action="store_true",
+                   help="with --against-official: give the official side the glibc huge-page tunable too (the JAX "
+                        "side always runs with it where it helps, as the commands do: ecformer_jax/huge_pages.py)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="with --against-official: fail above this max|jax-torch|/max(1,max|torch|)")
     p.add_argument("--weights", choices=("fan-in", "official-init"), default="fan-in",
@@ -299,6 +305,10 @@ def main(argv=None):
         import official_compare
 
         return official_compare.run_side(args) if args.side else official_compare.against_official(args, raw)
+    if argv is None:  # measure what the commands run: with huge pages where they help (ecformer_jax/huge_pages.py)
+        from ecformer_jax.huge_pages import restart_with_huge_pages
+
+        restart_with_huge_pages()
     import jax
 
     from ecformer_jax.convert import parse_overrides
@@ -315,7 +325,7 @@ def main(argv=None):
         "peak_host_bytes": peak_host_bytes(), "peak_device_bytes": device_peak_bytes(),
         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
         "jax": jax.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
     emit_json(out, args.output)
     return 0

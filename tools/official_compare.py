@@ -19,6 +19,8 @@ from benchmark import (  # tools/benchmark.py: the shared timing, inputs and JSO
     peak_host_bytes,
 )
 
+from ecformer_jax import huge_pages
+
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
 
 
@@ -79,11 +81,13 @@ def _rounded(d):
             for k, v in d.items()}
 
 
-def _run_child(side, raw, workdir):
+def _run_child(side, raw, workdir, huge_pages_both=False):
     import subprocess
 
     cmd = [sys.executable, BENCHMARK, *raw, "--side", side, "--workdir", workdir]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    if side == "jax" or huge_pages_both:  # the JAX side runs as our commands do (ecformer_jax/huge_pages.py)
+        env = huge_pages.environment(env) or env
     try:  # the child's chatter (the official code prints) goes to our stderr, our stdout stays one JSON
         sys.stderr.fileno()
         stdout = sys.stderr
@@ -114,7 +118,7 @@ def against_official(args, raw):
     frames, masks, described = make_inputs(args)
     with tempfile.TemporaryDirectory(prefix="benchmark_official_") as work:
         np.savez(os.path.join(work, "inputs.npz"), frames=frames, masks=masks, masked=frames * (1.0 - masks))
-        t = _run_child("torch", raw, work)
+        t = _run_child("torch", raw, work, args.official_huge_pages)
         j = _run_child("jax", raw, work)
         t_out, j_out = np.load(os.path.join(work, "torch_out.npz")), np.load(os.path.join(work, "jax_out.npz"))
         agreement = {"tolerance": args.tolerance}
@@ -164,7 +168,7 @@ def run_side(args):
     spec = official_spec(args.model, os.path.abspath(args.against_official or ""))
     threads = _side_threads(args)
     res = (_torch_side if args.side == "torch" else _jax_side)(args, spec, args.workdir, threads)
-    res.update(threads=threads, peak_host_bytes=peak_host_bytes())
+    res.update(threads=threads, peak_host_bytes=peak_host_bytes(), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     with open(os.path.join(args.workdir, f"{args.side}.json"), "w") as f:
         json.dump(res, f)
     return 0
