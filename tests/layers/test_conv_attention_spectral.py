@@ -46,12 +46,13 @@ def test_grouped_conv2d_runs_one_conv_per_group_with_torch_semantics():
     ((3, 2), (2, 3), ((3, 1), (0, 2)), (1, 1), (6, 5)),  # odd strides, asymmetric padding
     ((3, 3), (2, 1), ((2, 2), (-1, 2)), (2, 3), (6, 5)),  # dilation, negative padding
     ((3, 3), (1, 1), ((1, 2), (-1, 2)), (2, 1), (8, 2)),  # few output channels: the output gradient is shifted
+    ((3, 2), (1, 1), ((1, 2), (-1, 2)), (2, 3), (5, 6)),  # stride 1: a product per kernel row
     ((5, 5), (2, 2), ((2, 1), (-1, 2)), (1, 1), (6, 5)),  # 25 taps: XLA's kernel gradient, input gradient by phase
 ])
 def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, padding, dilation, channels):
-    """On the CPU a plain NHWC conv differentiates its kernel tap by tap and a strided one its input phase by
-    phase (layers/conv.py): the same values and gradients as XLA's own, also inside a scan (where XLA's kernel
-    gradient is 40x slower) and for bfloat16; the AOT target platform (tpu) keeps XLA's."""
+    """On the CPU a plain NHWC conv differentiates its kernel row by row (stride 1) or tap by tap and a strided
+    one its input phase by phase (layers/conv.py): the same values and gradients as XLA's own, also inside a scan
+    (where XLA's kernel gradient is 40x slower) and for bfloat16; the AOT target platform (tpu) keeps XLA's."""
     rng = np.random.default_rng(5)
     cin, cout = channels
     x = jnp.asarray(rng.standard_normal((2, 3, 13, 17, cin)), jnp.float32)
