@@ -84,6 +84,7 @@ from ecformer_jax.layers.deform import _dcn_kernel_init, modulated_deform_conv2d
 from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.flow import flow_warp
 from ecformer_jax.layers.patches import fold, grid_size, unfold
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import resize_nearest, upsample_bilinear
 from ecformer_jax.layers.windows import rolled_ring_indices, rolled_tokens, window_partition, window_reverse
 from ecformer_jax.models.registry import register
@@ -126,6 +127,7 @@ class InpaintGenerator(nn.Module):
     padding: int = 3
     ffn_hidden: int = 1960
     training: bool = False  # the official training mode: decode all T frames, window masks from all T frames
+    remat: bool = False  # rematerialise each transformer block in the backward pass (saves training memory)
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -133,9 +135,9 @@ class InpaintGenerator(nn.Module):
         self.encoder = Encoder(d)
         self.feat_prop_module = FeaturePropagation(CHANNELS, d)
         self.ss = nn.Dense(self.hidden, dtype=d, kernel_init=normal_init)
-        self.transformers = [TemporalSparseTransformer(self.hidden, self.heads, self.window, self.pool,
-                                                       self.ffn_hidden, self.kernel, self.stride, self.padding, d)
-                             for _ in range(self.num_blocks)]
+        block = block_class(TemporalSparseTransformer, self.remat, (2, 4))  # feature_size, frames: static
+        self.transformers = [block(self.hidden, self.heads, self.window, self.pool, self.ffn_hidden, self.kernel,
+                                   self.stride, self.padding, d) for _ in range(self.num_blocks)]
         self.sc = nn.Dense(CHANNELS * self.kernel * self.kernel, dtype=d, kernel_init=normal_init)
         self.sc_bias_conv = conv2d(CHANNELS, 3, dtype=d)
         self.decoder = Decoder(d)

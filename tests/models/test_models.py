@@ -1,6 +1,8 @@
 """Behaviour of the foundation generators beyond parity: sizes, options, dtypes, batch independence."""
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -112,3 +114,25 @@ def test_remat_keeps_parameters_outputs_and_gradients(name, kwargs, size):
     (la, ga), (lb, gb) = grads(plain), grads(remat)
     np.testing.assert_allclose(la, lb, rtol=1e-6)
     chex.assert_trees_all_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_propainter_remat_wraps_every_transformer_block():
+    """ProPainter's blocks take two static arguments (feature size, frame set): with remat=True its gradient
+    recomputes each block (a `checkpoint` (`remat2`) per block in the jaxpr, none without), the parameters keep
+    their names. Traced only: the recomputation itself is flax's nn.remat, tested above on STTN and ECFormer."""
+    x, m = _clip(1, 3, 64, 64)
+    flows = jnp.zeros((1, 2, 64, 64, 2))
+    kwargs = dict(hidden=32, heads=2, ffn_hidden=98, num_blocks=2, training=True)
+    args = (x, (flows, flows), m, m, 3)
+    plain, remat = models.build("propainter", **kwargs), models.build("propainter", remat=True, **kwargs)
+    init = lambda model: jax.eval_shape(lambda key: model.init(key, *args), jax.random.key(0))  # noqa: E731
+    variables = init(plain)
+    assert jax.tree.structure(init(remat)) == jax.tree.structure(variables)
+
+    def checkpoints(model):
+        loss = lambda v: jnp.mean(model.apply(v, *args))  # noqa: E731
+        return len(re.findall(r"\b(?:checkpoint|remat2?)\[", str(jax.make_jaxpr(jax.grad(loss))(variables))))
+
+    assert checkpoints(plain) == 0
+    assert checkpoints(remat) == 2
