@@ -300,22 +300,31 @@ def image_propagation(frames, flows_f, flows_b, masks, interpolation: str = "nea
     """The official img_prop_module (BidirectionalPropagation(3, learnable=False)): frames (B, T, H, W, C), flows
     (B, T-1, H, W, 2), masks (B, T, H, W, 1) -> the forward pass's (frames, masks). Step i >= 1: the previous
     result warped with `interpolation`, its mask warped bilinearly and binarised at 0.1; pixels that are holes,
-    flow-consistent and known in the warped previous result take the warped value and become known."""
+    flow-consistent and known in the warped previous result take the warped value and become known.
+
+    The scans carry and stack frames, masks and flows lane-dense, (B, H, W * channels), and unpack one frame at a
+    time: a TPU stores the minor axis in 128-wide lanes, where 1-3 channels take 43-128x their size (ProPainter's
+    paper step held its 10-frame propagation stacks in 530 MB buffers)."""
+    w = frames.shape[3]
+    dense = lambda a: a.reshape(*a.shape[:-2], -1)  # noqa: E731
+    pixels = lambda a, channels: a.reshape(*a.shape[:-1], w, channels)  # noqa: E731
+    c = frames.shape[-1]
 
     def step(carry, xs):
-        i, prev, prev_mask = carry
-        current, mask_cur, flow, check = xs
+        i, prev, prev_mask = carry[0], pixels(carry[1], c), pixels(carry[2], 1)
+        current, mask_cur, flow, check = (pixels(a, n) for a, n in zip(xs, (c, 1, 2, 2)))
         valid = fb_consistency(flow, check)
         warped = flow_warp(prev, flow, interpolation)
         warped_mask = (flow_warp(prev_mask, flow) > 0.1).astype(prev.dtype)
         fill = (mask_cur * valid * (1 - warped_mask)) > 0.1
         feat = jnp.where(fill, warped, current)
         mask = ((mask_cur * (1 - valid * (1 - warped_mask))) > 0.1).astype(prev.dtype)
-        feat, mask = jnp.where(i > 0, feat, current), jnp.where(i > 0, mask, mask_cur)
+        feat, mask = dense(jnp.where(i > 0, feat, current)), dense(jnp.where(i > 0, mask, mask_cur))
         return (i + 1, feat, mask), (feat, mask)
 
     def run(inputs, in_masks, backward: bool):
-        flows = _step_flows(flows_f, flows_b, True) if backward else _step_flows(flows_b, flows_f, False)
+        flows = (_step_flows(dense(flows_f), dense(flows_b), True) if backward
+                 else _step_flows(dense(flows_b), dense(flows_f), False))
         xs = [jnp.moveaxis(a, 1, 0) for a in (inputs, in_masks)]
         if backward:
             xs = [a[::-1] for a in xs]
@@ -325,8 +334,9 @@ def image_propagation(frames, flows_f, flows_b, masks, interpolation: str = "nea
             feats, out_masks = feats[::-1], out_masks[::-1]
         return jnp.moveaxis(feats, 0, 1), jnp.moveaxis(out_masks, 0, 1)
 
-    feats, out_masks = run(frames, masks, True)
-    return run(feats, out_masks, False)
+    feats, out_masks = run(dense(frames), dense(masks), True)
+    feats, out_masks = run(feats, out_masks, False)
+    return pixels(feats, c), pixels(out_masks, 1)
 
 
 class FlowGuidedDeformableAlignment(nn.Module):
