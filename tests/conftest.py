@@ -11,6 +11,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # two test workers may both compile for a TPU topology
 
+# The huge-page tunable the commands restart with (ecformer_jax/huge_pages.py), for the xdist workers and the
+# subprocesses the tests start (they inherit it; this process itself started without it)
+from ecformer_jax import huge_pages  # noqa: E402
+
+if huge_pages.environment():
+    os.environ["GLIBC_TUNABLES"] = huge_pages.environment()["GLIBC_TUNABLES"]
+
 
 # One persistent XLA compilation cache per test run, shared by both xdist workers (they inherit this process's
 # environment) and by every subprocess the tests start (a resumed or restarted run compiles the same programs

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ecformer_jax.layers.attention import MultiHeadAttention, attend, dot_product_attention, merge_heads, split_heads
-from ecformer_jax.layers.conv import Deconv, conv2d, conv_general_dilated, grouped_concat, split_group_conv
+from ecformer_jax.layers.conv import Deconv, conv2d, conv3d, conv_general_dilated, grouped_concat, split_group_conv
 from ecformer_jax.layers.spectral import SpectralNormConv3d
 from ecformer_jax.layers.tiling import on_platform
 
@@ -90,6 +90,27 @@ def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, paddi
     assert gb.dtype == jnp.bfloat16
     np.testing.assert_allclose(gb.astype(np.float32), gw.astype(np.float32), rtol=0.05,
                                atol=0.02 * float(jnp.max(jnp.abs(gw.astype(jnp.float32)))))
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_conv3d_as_2d_convs_matches_the_native_3d_conv(platform):
+    """Temporal stride 1: time taps stacked into channels (CPU) or one 2-D conv per tap, summed (TPU/GPU: no
+    kt * Cin-channel tensor, which a TPU pads to 128 lanes); both the native Conv3d's numbers, gradients too."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 4, 11, 13, 3)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 5, 5, 3, 4)), jnp.float32)
+    pad = ((1, 1), (2, 2), (2, 2))
+    native = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 2, 2), pad,  # noqa: E731
+                                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    with on_platform(platform):
+        ours = lambda a, b: conv3d(a, b, (1, 2, 2), pad)  # noqa: E731
+        loss = lambda conv: lambda a, b: jnp.sum(jnp.sin(conv(a, b)))  # noqa: E731
+        np.testing.assert_allclose(ours(x, k), native(x, k), rtol=1e-5, atol=1e-5)
+        for g, w in zip(jax.grad(loss(ours), (0, 1))(x, k), jax.grad(loss(native), (0, 1))(x, k)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+        jaxpr = str(jax.make_jaxpr(ours)(x, k))
+    assert ("f32[8,11,13,9]" in jaxpr) == (platform == "cpu")  # the stacked taps
+    assert jaxpr.count("conv_general_dilated") == (1 if platform == "cpu" else 3)
 
 
 def test_attention_matches_naive_softmax():
