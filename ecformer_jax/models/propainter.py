@@ -127,12 +127,12 @@ class InpaintGenerator(nn.Module):
     padding: int = 3
     ffn_hidden: int = 1960
     training: bool = False  # the official training mode: decode all T frames, window masks from all T frames
-    remat: bool = False  # rematerialise each transformer block in the backward pass (saves training memory)
+    remat: bool = False  # recompute the transformer blocks, encoder and decoder in the backward pass (less memory)
     dtype: Any = jnp.float32
 
     def setup(self):
         d = self.dtype
-        self.encoder = Encoder(d)
+        self.encoder = block_class(Encoder, self.remat)(d)  # full-resolution activations: 128 TPU lanes for 64
         self.feat_prop_module = FeaturePropagation(CHANNELS, d)
         self.ss = nn.Dense(self.hidden, dtype=d, kernel_init=normal_init)
         block = block_class(TemporalSparseTransformer, self.remat, (2, 4))  # feature_size, frames: static
@@ -140,7 +140,7 @@ class InpaintGenerator(nn.Module):
                                    self.stride, self.padding, d) for _ in range(self.num_blocks)]
         self.sc = nn.Dense(CHANNELS * self.kernel * self.kernel, dtype=d, kernel_init=normal_init)
         self.sc_bias_conv = conv2d(CHANNELS, 3, dtype=d)
-        self.decoder = Decoder(d)
+        self.decoder = block_class(Decoder, self.remat)(d)
 
     # --- input checks -----------------------------------------------------------------------------
     @staticmethod

@@ -117,10 +117,11 @@ def test_remat_keeps_parameters_outputs_and_gradients(name, kwargs, size):
 
 
 @pytest.mark.slow
-def test_propainter_remat_wraps_every_transformer_block():
+def test_propainter_remat_wraps_every_transformer_block_the_encoder_and_decoder():
     """ProPainter's blocks take two static arguments (feature size, frame set): with remat=True its gradient
-    recomputes each block (a `checkpoint` (`remat2`) per block in the jaxpr, none without), the parameters keep
-    their names. Traced only: the recomputation itself is flax's nn.remat, tested above on STTN and ECFormer."""
+    recomputes each block, the encoder and the decoder (a `checkpoint` (`remat2`) each in the jaxpr, none
+    without), the parameters keep their names. Traced only: the recomputation itself is flax's nn.remat, tested
+    above on STTN and ECFormer."""
     x, m = _clip(1, 3, 64, 64)
     flows = jnp.zeros((1, 2, 64, 64, 2))
     kwargs = dict(hidden=32, heads=2, ffn_hidden=98, num_blocks=2, training=True)
@@ -135,4 +136,4 @@ def test_propainter_remat_wraps_every_transformer_block():
         return len(re.findall(r"\b(?:checkpoint|remat2?)\[", str(jax.make_jaxpr(jax.grad(loss))(variables))))
 
     assert checkpoints(plain) == 0
-    assert checkpoints(remat) == 2
+    assert checkpoints(remat) == 4  # 2 blocks, the encoder and the decoder
