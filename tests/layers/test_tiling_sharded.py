@@ -1,7 +1,7 @@
 """The CPU tiles of attention and the deformable conv split only non-batch axes, and E2FGVI's flow completion and
 RAFT's bidirectional flows pair frames within each clip (RAFT also groups its correlation pyramids per clip):
 under a batch-sharded jit over 8 devices they compile to per-device work with no collectives, and give the
-unsharded result."""
+unsharded result; the CPU conv's kernel gradient, sharded, gives the unsharded one."""
 from __future__ import annotations
 
 import os
@@ -51,6 +51,18 @@ for name, (make, args, tiles) in cases.items():
         found = [op for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all") if op in hlo]
         assert not found, (name, tile, found)
         np.testing.assert_allclose(np.asarray(f(*args)), want, rtol=1e-5, atol=1e-5)
+# the CPU conv gradient (layers/conv.py: per kernel row at stride 1, per tap when strided): the batch-sharded
+# kernel gradient (per-device partial products, all-reduced) is the unsharded one
+from ecformer_jax.layers.conv import conv_general_dilated
+xc, kc = rng.standard_normal((8, 12, 20, 16), np.float32), 0.1 * rng.standard_normal((3, 3, 16, 24), np.float32)
+rep = NamedSharding(sh.mesh, P())
+for stride, dil in (((1, 1), (1, 1)), ((1, 1), (2, 2)), ((2, 2), (1, 1))):
+    def loss(kk, a, stride=stride, dil=dil):
+        return jnp.sum(jnp.sin(conv_general_dilated(a, kk, stride, ((2, 2), (2, 2)), rhs_dilation=dil,
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+    want = np.asarray(jax.jit(jax.grad(loss))(kc, xc))
+    got = jax.jit(jax.grad(loss), in_shardings=(rep, sh), out_shardings=rep)(kc, xc)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 print("TILING-SHARDED-OK")
 """
 

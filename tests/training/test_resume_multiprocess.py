@@ -141,8 +141,12 @@ def _run(cfg_one, cfg, one, two, tmp_path):
         if k.endswith("key/bias"):  # no effect on attention (softmax is shift invariant): its gradient is noise
             continue
         # the same math; only the summation order differs (4 per-device sums reduced by gloo vs one). Adam with
-        # beta1=0 turns a gradient of ~0 into a +-lr step, so an element whose gradient is ~0 may flip: compare
-        # each tensor as a whole and allow a handful of such elements.
-        diff = np.linalg.norm(p2[k] - p1[k]) / max(np.linalg.norm(p1[k]), 1e-12)
-        assert diff < 1e-3, (k, diff)
-        assert np.mean(~np.isclose(p2[k], p1[k], rtol=1e-4, atol=1e-5)) < 1e-2, k
+        # beta1=0 turns a gradient of ~0 into a +-lr step, so an element whose gradient is ~0 may flip, and the GAN
+        # feeds the differences back: compare each tensor as a whole and allow a few such elements. How far the 8
+        # steps drift depends on the rounding pattern: with the per-tap conv kernel gradient every tensor agreed to
+        # 1e-6 of its norm; with the per-row one (same precision, 2026-12-05) up to 3.2e-3 of the norm and 4.7 % of
+        # the elements (encoder biases). A wrong reduction moves most elements by ~lr. That the sharded gradient
+        # itself equals the unsharded one to rounding is asserted in tests/layers/test_tiling_sharded.py.
+        diff = np.linalg.norm(p2[k] - p1[k])
+        assert diff < 1e-2 * np.linalg.norm(p1[k]) + 1e-5 * np.sqrt(p1[k].size), (k, diff)
+        assert np.mean(~np.isclose(p2[k], p1[k], rtol=1e-4, atol=1e-5)) < 0.1, k
