@@ -15,8 +15,9 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # two test workers may
 # subprocesses the tests start (they inherit it; this process itself started without it)
 from ecformer_jax import huge_pages  # noqa: E402
 
-if huge_pages.environment():
-    os.environ["GLIBC_TUNABLES"] = huge_pages.environment()["GLIBC_TUNABLES"]
+_HUGE_PAGES = huge_pages.environment()
+if _HUGE_PAGES:
+    os.environ["GLIBC_TUNABLES"] = _HUGE_PAGES["GLIBC_TUNABLES"]
 
 
 # One persistent XLA compilation cache per test run, shared by both xdist workers (they inherit this process's

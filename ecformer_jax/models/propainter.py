@@ -86,6 +86,7 @@ from ecformer_jax.layers.flow import flow_warp
 from ecformer_jax.layers.patches import fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import resize_nearest, upsample_bilinear
+from ecformer_jax.layers.tiling import lane_dense
 from ecformer_jax.layers.windows import rolled_ring_indices, rolled_tokens, window_partition, window_reverse
 from ecformer_jax.models.registry import register
 
@@ -305,10 +306,8 @@ def image_propagation(frames, flows_f, flows_b, masks, interpolation: str = "nea
     The scans carry and stack frames, masks and flows lane-dense, (B, H, W * channels), and unpack one frame at a
     time: a TPU stores the minor axis in 128-wide lanes, where 1-3 channels take 43-128x their size (ProPainter's
     paper step held its 10-frame propagation stacks in 530 MB buffers)."""
-    w = frames.shape[3]
-    dense = lambda a: a.reshape(*a.shape[:-2], -1)  # noqa: E731
+    w, c = frames.shape[3:]
     pixels = lambda a, channels: a.reshape(*a.shape[:-1], w, channels)  # noqa: E731
-    c = frames.shape[-1]
 
     def step(carry, xs):
         i, prev, prev_mask = carry[0], pixels(carry[1], c), pixels(carry[2], 1)
@@ -319,12 +318,12 @@ def image_propagation(frames, flows_f, flows_b, masks, interpolation: str = "nea
         fill = (mask_cur * valid * (1 - warped_mask)) > 0.1
         feat = jnp.where(fill, warped, current)
         mask = ((mask_cur * (1 - valid * (1 - warped_mask))) > 0.1).astype(prev.dtype)
-        feat, mask = dense(jnp.where(i > 0, feat, current)), dense(jnp.where(i > 0, mask, mask_cur))
+        feat, mask = lane_dense(jnp.where(i > 0, feat, current)), lane_dense(jnp.where(i > 0, mask, mask_cur))
         return (i + 1, feat, mask), (feat, mask)
 
     def run(inputs, in_masks, backward: bool):
-        flows = (_step_flows(dense(flows_f), dense(flows_b), True) if backward
-                 else _step_flows(dense(flows_b), dense(flows_f), False))
+        flows = (_step_flows(lane_dense(flows_f), lane_dense(flows_b), True) if backward
+                 else _step_flows(lane_dense(flows_b), lane_dense(flows_f), False))
         xs = [jnp.moveaxis(a, 1, 0) for a in (inputs, in_masks)]
         if backward:
             xs = [a[::-1] for a in xs]
@@ -334,7 +333,7 @@ def image_propagation(frames, flows_f, flows_b, masks, interpolation: str = "nea
             feats, out_masks = feats[::-1], out_masks[::-1]
         return jnp.moveaxis(feats, 0, 1), jnp.moveaxis(out_masks, 0, 1)
 
-    feats, out_masks = run(dense(frames), dense(masks), True)
+    feats, out_masks = run(lane_dense(frames), lane_dense(masks), True)
     feats, out_masks = run(feats, out_masks, False)
     return pixels(feats, c), pixels(out_masks, 1)
 

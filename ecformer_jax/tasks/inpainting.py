@@ -33,6 +33,7 @@ from ecformer_jax.data import pipeline
 from ecformer_jax.data.config import data_config
 from ecformer_jax.inference.protocol import Inpainter
 from ecformer_jax.layers.flow import SPyNet
+from ecformer_jax.layers.tiling import lane_dense
 from ecformer_jax.models.e2fgvi import local_flows
 from ecformer_jax.tasks.base import Task
 from ecformer_jax.training import losses
@@ -248,11 +249,6 @@ def _init_generator(config, generator, key, frames, masks):
 
 
 # --- the step ----------------------------------------------------------------------------------------------
-def lane_dense(images):
-    """(..., W, C) -> (..., W * C)."""
-    return images.reshape(*images.shape[:-2], -1)
-
-
 def make_train_step(config, built: Models):
     """train_step(state, batch) -> (state, metrics). batch: uint8 frames (B,T,H,W,3), masks (B,T,H,W,1)."""
     generator, disc, flow_targets, guide = built
