@@ -30,6 +30,17 @@ def test_collectives_are_read_from_the_hlo_text():
     assert aot.collective_sources(hlo) == {"all-gather": {"?": 1}, "collective-permute": {"jvp(E2FGVI)/concatenate": 1}}
 
 
+def test_a_program_refused_for_lack_of_hbm_is_reported_not_raised():
+    """What tools/aot_compile.py prints when the TPU compiler refuses a step (DSTT with 10 clips per v5e chip)."""
+    err = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+                       "(16.12G) exceeds available HBM (15.75G).\nMore details")
+    out = aot.refused(err, "v5e", 16, {"model": "dstt", "batch": 160}, 13.71)
+    assert out["fits"] is False and out["model"] == "dstt" and out["devices"] == 16 and out["hbm_GiB"] == 16.0
+    assert out["temporary_GiB"] == 16.12 and out["usable_GiB"] == 15.75 and out["compile_s"] == 13.7
+    assert out["refused"].startswith("RESOURCE_EXHAUSTED") and "\n" not in out["refused"]
+    assert aot.refused(RuntimeError("INVALID_ARGUMENT: something else"), "v5e", 16, {}, 1.0) is None
+
+
 @pytest.mark.slow
 def test_train_step_compiles_for_a_v5e_topology():
     if not IN_CI:  # in CI the tpu extra is installed (.ci/run): a missing libtpu fails there

@@ -71,6 +71,14 @@ def clip_shape(spec: dict) -> list:
     return list((spec["frames"] if "frames" in spec else spec["hr"]).shape[1:4])
 
 
+class _Refused(Exception):
+    """A compile that failed, with what was being compiled (a refusal for lack of HBM is reported, not raised)."""
+
+    def __init__(self, error: Exception, num_devices: int, what: dict):
+        super().__init__(str(error))
+        self.error, self.num_devices, self.what = error, num_devices, what
+
+
 def compile_train(config, devices, batch):
     from ecformer_jax import tasks
     from ecformer_jax.training import aot
@@ -83,7 +91,10 @@ def compile_train(config, devices, batch):
             "per_chip_batch": config.batch_size // mesh.size, "dtype": config.dtype,
             "remat": bool(config.model.get("remat", False)), "shard_params": bool(config.mesh.shard_params),
             "clip": clip_shape(tasks.for_config(config).batch_spec(config, 1))}
-    return aot.compile_train_step(config, tasks.for_config(config), mesh), mesh.size, what
+    try:
+        return aot.compile_train_step(config, tasks.for_config(config), mesh), mesh.size, what
+    except Exception as e:
+        raise _Refused(e, mesh.size, what) from e
 
 
 def compile_infer(config, device, batch, size):
@@ -125,7 +136,10 @@ def compile_infer(config, device, batch, size):
                                      sharding=on_chip)
         lowered = runner._run.lower(variables, crops)
         what = {"mode": "infer", "model": name, "crops": n, "dtype": config.dtype}
-    return lowered.compile(), 1, what
+    try:
+        return lowered.compile(), 1, what
+    except Exception as e:
+        raise _Refused(e, 1, what) from e
 
 
 def run(argv):
@@ -146,14 +160,26 @@ def run(argv):
             config.dtype = _DTYPE.value
     generation, devices = topology_devices(_TOPOLOGY.value)
     t0 = time.perf_counter()
-    with tiling.on_platform("tpu"), attention.implementation(_ATTENTION.value):
-        if _MODE.value == "train":
-            compiled, n, what = compile_train(config, devices, _BATCH.value)
-        else:
-            compiled, n, what = compile_infer(config, devices[0], _BATCH.value, _SIZE.value)
+    head = {"topology": _TOPOLOGY.value, "device_kind": devices[0].device_kind, "attention": _ATTENTION.value}
+    try:
+        with tiling.on_platform("tpu"), attention.implementation(_ATTENTION.value):
+            if _MODE.value == "train":
+                compiled, n, what = compile_train(config, devices, _BATCH.value)
+            else:
+                compiled, n, what = compile_infer(config, devices[0], _BATCH.value, _SIZE.value)
+    except _Refused as r:  # the compiler refuses a program that cannot fit the chip: report that, no traceback
+        out = aot.refused(r.error, generation, r.num_devices, r.what, time.perf_counter() - t0)
+        if out is None:
+            raise r.error from None
+        json.dump({**head, **out}, sys.stdout)
+        sys.stdout.write("\n")
+        if dump:
+            import shutil
+
+            shutil.rmtree(dump, ignore_errors=True)
+        return
     seconds = time.perf_counter() - t0
-    out = {"topology": _TOPOLOGY.value, "device_kind": devices[0].device_kind, "attention": _ATTENTION.value,
-           **aot.report(compiled, generation, n, what, seconds)}
+    out = {**head, **aot.report(compiled, generation, n, what, seconds)}
     if dump:
         import shutil
 

@@ -20,7 +20,7 @@ from ecformer_jax.training.checkpoints import abstract_with_shardings
 from ecformer_jax.training.state import jit_step
 
 __all__ = ["abstract_train_step", "compile_train_step", "global_batch_size", "report", "collectives",
-           "collective_sources", "peak_buffers", "CHIPS"]
+           "collective_sources", "peak_buffers", "refused", "CHIPS"]
 
 
 def global_batch_size(config, num_devices: int, batch: int | None = None) -> int:
@@ -151,3 +151,18 @@ def report(compiled, generation: str, num_devices: int, what: dict, seconds: flo
         "collective_sources": collective_sources(hlo),
         "compile_s": round(seconds, 1),
     }
+
+
+def refused(error: Exception, generation: str, num_devices: int, what: dict, seconds: float) -> dict | None:
+    """The report of a program the TPU compiler refuses because its temporaries exceed the chip's HBM
+    (RESOURCE_EXHAUSTED): it does not fit, an answer rather than a crash. None for any other error."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    line = next(ln for ln in text.splitlines() if "RESOURCE_EXHAUSTED" in ln).strip()
+    out = {**what, "devices": num_devices, "hbm_GiB": CHIPS[generation][0] / GiB, "fits": False, "refused": line,
+           "compile_s": round(seconds, 1)}
+    m = re.search(r"temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", line)
+    if m:  # XLA's units are binary (G = GiB)
+        out["temporary_GiB"], out["usable_GiB"] = float(m.group(1)), float(m.group(2))
+    return out
