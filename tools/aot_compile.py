@@ -171,19 +171,14 @@ def run(argv):
         out = aot.refused(r.error, generation, r.num_devices, r.what, time.perf_counter() - t0)
         if out is None:
             raise r.error from None
-        json.dump({**head, **out}, sys.stdout)
-        sys.stdout.write("\n")
+        out = {**head, **out}
+    else:
+        out = {**head, **aot.report(compiled, generation, n, what, time.perf_counter() - t0)}
         if dump:
-            import shutil
-
-            shutil.rmtree(dump, ignore_errors=True)
-        return
-    seconds = time.perf_counter() - t0
-    out = {**head, **aot.report(compiled, generation, n, what, seconds)}
+            out["peak"] = aot.peak_buffers(dump, _PEAK.value)
     if dump:
         import shutil
 
-        out["peak"] = aot.peak_buffers(dump, _PEAK.value)
         shutil.rmtree(dump, ignore_errors=True)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
