@@ -71,15 +71,8 @@ def clip_shape(spec: dict) -> list:
     return list((spec["frames"] if "frames" in spec else spec["hr"]).shape[1:4])
 
 
-class _Refused(Exception):
-    """A compile that failed, with what was being compiled (a refusal for lack of HBM is reported, not raised)."""
-
-    def __init__(self, error: Exception, num_devices: int, what: dict):
-        super().__init__(str(error))
-        self.error, self.num_devices, self.what = error, num_devices, what
-
-
 def compile_train(config, devices, batch):
+    """(compile, devices, what): the sharded train step's compile, to call, and what it compiles."""
     from ecformer_jax import tasks
     from ecformer_jax.training import aot
     from ecformer_jax.training import sharding as shd
@@ -91,14 +84,11 @@ def compile_train(config, devices, batch):
             "per_chip_batch": config.batch_size // mesh.size, "dtype": config.dtype,
             "remat": bool(config.model.get("remat", False)), "shard_params": bool(config.mesh.shard_params),
             "clip": clip_shape(tasks.for_config(config).batch_spec(config, 1))}
-    try:
-        return aot.compile_train_step(config, tasks.for_config(config), mesh), mesh.size, what
-    except Exception as e:
-        raise _Refused(e, mesh.size, what) from e
+    return lambda: aot.compile_train_step(config, tasks.for_config(config), mesh), mesh.size, what
 
 
 def compile_infer(config, device, batch, size):
-    """The inference command's device function for one chip, from abstract variables."""
+    """(compile, 1, what): the inference command's device function for one chip, from abstract variables."""
     import jax
     import jax.numpy as jnp
 
@@ -136,10 +126,7 @@ def compile_infer(config, device, batch, size):
                                      sharding=on_chip)
         lowered = runner._run.lower(variables, crops)
         what = {"mode": "infer", "model": name, "crops": n, "dtype": config.dtype}
-    try:
-        return lowered.compile(), 1, what
-    except Exception as e:
-        raise _Refused(e, 1, what) from e
+    return lowered.compile, 1, what
 
 
 def run(argv):
@@ -161,21 +148,22 @@ def run(argv):
     generation, devices = topology_devices(_TOPOLOGY.value)
     t0 = time.perf_counter()
     head = {"topology": _TOPOLOGY.value, "device_kind": devices[0].device_kind, "attention": _ATTENTION.value}
-    try:
-        with tiling.on_platform("tpu"), attention.implementation(_ATTENTION.value):
-            if _MODE.value == "train":
-                compiled, n, what = compile_train(config, devices, _BATCH.value)
-            else:
-                compiled, n, what = compile_infer(config, devices[0], _BATCH.value, _SIZE.value)
-    except _Refused as r:  # the compiler refuses a program that cannot fit the chip: report that, no traceback
-        out = aot.refused(r.error, generation, r.num_devices, r.what, time.perf_counter() - t0)
-        if out is None:
-            raise r.error from None
-        out = {**head, **out}
-    else:
-        out = {**head, **aot.report(compiled, generation, n, what, time.perf_counter() - t0)}
-        if dump:
-            out["peak"] = aot.peak_buffers(dump, _PEAK.value)
+    with tiling.on_platform("tpu"), attention.implementation(_ATTENTION.value):
+        if _MODE.value == "train":
+            compile_, n, what = compile_train(config, devices, _BATCH.value)
+        else:
+            compile_, n, what = compile_infer(config, devices[0], _BATCH.value, _SIZE.value)
+        try:
+            compiled = compile_()
+        except Exception as e:  # the compiler refuses a program that cannot fit the chip: report that, no traceback
+            out = aot.refused(e, generation, n, what, time.perf_counter() - t0)
+            if out is None:
+                raise
+        else:
+            out = aot.report(compiled, generation, n, what, time.perf_counter() - t0)
+            if dump:
+                out["peak"] = aot.peak_buffers(dump, _PEAK.value)
+    out = {**head, **out}
     if dump:
         import shutil
 
