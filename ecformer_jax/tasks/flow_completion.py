@@ -36,6 +36,7 @@ from ecformer_jax.layers.flow import flow_warp
 from ecformer_jax.tasks.base import Task
 from ecformer_jax.training.config import base_config
 from ecformer_jax.training.metrics import image_grid
+from ecformer_jax.training.sharding import gathered_updates
 from ecformer_jax.training.state import all_finite, guarded_update
 
 
@@ -104,7 +105,8 @@ def learning_rate(config):
 
 def optimizer(config):
     parts = [optax.clip_by_global_norm(config.optim.grad_clip)] if config.optim.grad_clip > 0 else []
-    return optax.chain(*parts, optax.adam(learning_rate(config), b1=config.optim.b1, b2=config.optim.b2))
+    adam = optax.adam(learning_rate(config), b1=config.optim.b1, b2=config.optim.b2)
+    return gathered_updates(optax.chain(*parts, adam))  # whole gradients under FSDP
 
 
 def num_local(config) -> int:

@@ -39,6 +39,7 @@ from ecformer_jax.tasks.base import Task
 from ecformer_jax.training import losses
 from ecformer_jax.training.config import base_config
 from ecformer_jax.training.metrics import image_grid
+from ecformer_jax.training.sharding import gathered, gathered_updates
 from ecformer_jax.training.state import all_finite, guarded_update
 
 
@@ -120,7 +121,7 @@ def optimizer(config) -> optax.GradientTransformation:
                                  weight_decay=config.optim.weight_decay))
     else:
         parts.append(optax.adam(learning_rate(config), b1=config.optim.b1, b2=config.optim.b2))
-    return optax.chain(*parts)
+    return gathered_updates(optax.chain(*parts))  # whole gradients under FSDP
 
 
 def num_local(config) -> int | None:
@@ -318,7 +319,7 @@ def make_train_step(config, built: Models):
 
         (d_loss, spectral), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
         d_updates, d_opt = tx.update(d_grads, state.d_opt, state.d_params)
-        d_params = optax.apply_updates(state.d_params, d_updates)
+        d_params = gathered(optax.apply_updates(state.d_params, d_updates))  # used again below: whole under FSDP
 
         # --- generator step (adversarial term with the updated D) ---------------------------------
         def g_loss_fn(pred_d, flows):

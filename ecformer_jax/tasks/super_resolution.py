@@ -35,6 +35,7 @@ from ecformer_jax.tasks.base import Task
 from ecformer_jax.training.config import base_config
 from ecformer_jax.training.losses import pixel_loss
 from ecformer_jax.training.metrics import image_grid
+from ecformer_jax.training.sharding import gathered_updates
 from ecformer_jax.training.state import all_finite, guarded_update
 
 SPYNET = "spynet"  # top-level parameter collection of the flow network
@@ -155,7 +156,8 @@ def optimizer(config) -> optax.GradientTransformation:
     spynet = optax.chain(frozen_for(adam(), int(o.spynet_frozen_steps)),
                          optax.scale_by_learning_rate(spynet_learning_rate(config)))
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    return optax.chain(*parts, optax.multi_transform({"main": main, SPYNET: spynet}, param_labels))
+    by_label = optax.multi_transform({"main": main, SPYNET: spynet}, param_labels)
+    return gathered_updates(optax.chain(*parts, by_label))  # whole gradients under FSDP
 
 
 def batch_psnr(pred, target):

@@ -1,8 +1,11 @@
 """Device mesh and sharding rules (jit + NamedSharding only: no pmap, no pjit, no `with mesh:`)."""
 from __future__ import annotations
 
+import contextvars
+
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -52,6 +55,48 @@ def state_shardings(abstract_state, mesh: Mesh, shard_params: bool):
         return NamedSharding(mesh, P())
 
     return jax.tree.map(rule, abstract_state)
+
+
+PARAM_FIELDS = ("g_params", "d_params")  # the state fields a task's forward reads
+_STEP_MESH = contextvars.ContextVar("ecformer_jax_fsdp_mesh", default=None)  # set while a sharded step traces
+
+
+def any_sharded(shardings) -> bool:
+    """True where some leaf of a pytree of NamedShardings is split (the state of mesh.shard_params)."""
+    return any(any(p is not None for p in s.spec) for s in jax.tree.leaves(shardings))
+
+
+def fsdp_step(train_step, mesh: Mesh):
+    """FSDP inside the step: `train_step` with the parameters (sharded at rest, with their optimizer state)
+    gathered whole before the forward, and `gathered` active while it traces. Without this XLA propagates a
+    parameter's split into the activations it multiplies (convs split over channels or rows, all-to-alls and
+    collective-permutes between them) instead of keeping them split over the batch only."""
+
+    def step(state, batch):
+        token = _STEP_MESH.set(mesh)
+        try:
+            state = state.replace(**{f: gathered(getattr(state, f)) for f in PARAM_FIELDS if hasattr(state, f)})
+            return train_step(state, batch)
+        finally:
+            _STEP_MESH.reset(token)
+
+    return step
+
+
+def gathered(tree):
+    """`tree` whole on every device inside a step with sharded parameters (`fsdp_step`); elsewhere `tree`."""
+    mesh = _STEP_MESH.get()
+    return tree if mesh is None else jax.lax.with_sharding_constraint(tree, replicated(mesh))
+
+
+def gathered_updates(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` taking whole gradients under FSDP: the moments stay sharded and each device updates its shard, but the
+    convs giving the gradients are not split like the parameters (XLA would otherwise). A no-op otherwise."""
+
+    def update(grads, opt_state, params=None, **extra):
+        return tx.update(gathered(grads), opt_state, params, **extra)
+
+    return optax.GradientTransformation(tx.init, update)
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

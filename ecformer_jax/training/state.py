@@ -57,6 +57,9 @@ def create_state(init, mesh, rng, shard_params: bool = False, init_variables=Non
 
 def jit_step(train_step, state_shardings, mesh):
     """jit `train_step(state, batch) -> (state, metrics)`: batch split over 'data', metrics replicated, the
-    input state donated."""
+    input state donated. With sharded parameters (mesh.shard_params) the step gathers them whole first
+    (`sharding.fsdp_step`)."""
+    if shd.any_sharded(state_shardings):
+        train_step = shd.fsdp_step(train_step, mesh)
     return jax.jit(train_step, in_shardings=(state_shardings, shd.batch_sharding(mesh)),
                    out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=(0,))

@@ -63,6 +63,20 @@ for stride, dil in (((1, 1), (1, 1)), ((1, 1), (2, 2)), ((2, 2), (1, 1))):
     want = np.asarray(jax.jit(jax.grad(loss))(kc, xc))
     got = jax.jit(jax.grad(loss), in_shardings=(rep, sh), out_shardings=rep)(kc, xc)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+# FSDP (mesh.shard_params): the trainer's step gathers the parameters whole and keeps the activations split over
+# the batch only: nothing but parameter all-gathers and gradient all-reduces (XLA used to split convs like their
+# parameters, with all-to-alls and collective-permutes of activations between them)
+from ecformer_jax import configs, tasks
+from ecformer_jax.training import aot
+config = configs.get_config("sttn:micro")
+with config.unlocked():
+    config.mesh.shard_params, config.batch_size = True, 8
+step, state, batch = aot.abstract_train_step(config, tasks.for_config(config), sh.mesh)
+assert any(s.sharding.spec != P() for s in jax.tree.leaves(state.g_params)), "no parameter is sharded"
+hlo = step.lower(state, batch).compile().as_text()
+assert set(aot.collectives(hlo)) == {"all-gather", "all-reduce"}, aot.collectives(hlo)
+sources = aot.collective_sources(hlo)["all-gather"]
+assert not [w for w in sources if "conv" in w or "Discriminator" in w or "STTN" in w], sources
 print("TILING-SHARDED-OK")
 """
 
