@@ -52,6 +52,7 @@ from ecformer_jax.layers.attention import dot_product_attention
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import pixel_shuffle
 from ecformer_jax.layers.flow import SPyNet, flow_warp, frame_pairs, spynet_from_torch
+from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.models.registry import register
 
@@ -97,6 +98,7 @@ class VSRTransformer(nn.Module):
     heads: int = 1
     patch_size: int = 8
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each transformer layer and the residual stacks in the backward pass
 
     def check_input(self, t: int, h: int, w: int, output_frames):
         s = self.feat_size
@@ -128,7 +130,8 @@ class VSRTransformer(nn.Module):
         x = lr_frames.astype(jnp.promote_types(lr_frames.dtype, jnp.float32))
 
         feat = _lrelu(_conv(c, dtype=self.dtype, name="conv_first")(x.reshape(b * t, h, w, 3).astype(self.dtype)))
-        feat = ResidualStack(c, self.num_extract_blocks, self.dtype, name="feature_extraction")(feat)
+        stack = block_class(ResidualStack, self.remat)
+        feat = stack(c, self.num_extract_blocks, self.dtype, name="feature_extraction")(feat)
         self.sow("intermediates", "feature_extraction_out", feat)
 
         flows_forward, flows_backward = self.flows(x)
@@ -140,15 +143,16 @@ class VSRTransformer(nn.Module):
         feat = (feat.reshape(b, t, h, w, c).astype(jnp.float32) + pe).astype(self.dtype)
 
         lrs = x.astype(self.dtype)
+        layer = block_class(TransformerLayer, self.remat)
         for i in range(self.depth):
-            feat = TransformerLayer(c, self.num_ffn_blocks, self.heads, self.patch_size, self.dtype,
-                                    name=f"layer{i}")(feat, lrs, flows_forward, flows_backward)
+            feat = layer(c, self.num_ffn_blocks, self.heads, self.patch_size, self.dtype, name=f"layer{i}")(
+                feat, lrs, flows_forward, flows_backward)
 
         if output_frames is not None:
             keep = np.asarray([int(i) for i in output_frames])
             feat, x = feat[:, keep], x[:, keep]
             t = len(keep)
-        out = ResidualStack(c, self.num_reconstruct_blocks, self.dtype, name="reconstruction")(
+        out = stack(c, self.num_reconstruct_blocks, self.dtype, name="reconstruction")(
             feat.reshape(b * t, h, w, c))
         self.sow("intermediates", "reconstruction_out", out)
         out = _lrelu(pixel_shuffle(_conv(4 * c, dtype=self.dtype, name="upconv1")(out), 2))

@@ -185,10 +185,8 @@ def build(config, init_variables=None):
     entry = models.get(config.model.name)
     if entry.kind != "super_resolution":
         raise ValueError(f"model '{config.model.name}' is a {entry.kind} model, not a super-resolution model")
-    if config.model.get("remat", False):
-        raise ValueError(f"model.remat: {config.model.name} has no rematerialisation option (the inpainting "
-                         "generators have); set model.remat=False")
-    model = models.build(config.model.name, dtype=jnp.dtype(config.dtype), **dict(config.model.overrides))
+    remat = {"remat": True} if config.model.get("remat", False) else {}  # layers recomputed in the backward pass
+    model = models.build(config.model.name, dtype=jnp.dtype(config.dtype), **remat, **dict(config.model.overrides))
     gt, scale = int(config.data.gt_size), int(config.data.scale)
     if scale != 4 or gt != 4 * model.feat_size:
         raise ValueError(f"data.gt_size={gt} / data.scale={scale}: {config.model.name} is x4 on "

@@ -137,3 +137,23 @@ def test_propainter_remat_wraps_every_transformer_block_the_encoder_and_decoder(
 
     assert checkpoints(plain) == 0
     assert checkpoints(remat) == 4  # 2 blocks, the encoder and the decoder
+
+
+def test_vsr_transformer_remat_wraps_every_layer_and_both_residual_stacks():
+    """With remat=True the VSR Transformer's gradient recomputes each transformer layer and the residual stacks
+    before and after them (a `checkpoint` each in the jaxpr, none without); the parameters keep their names.
+    Traced only, like ProPainter's above."""
+    kwargs = dict(depth=2, channels=8, feat_size=64, num_extract_blocks=1, num_reconstruct_blocks=1,
+                  num_ffn_blocks=1)
+    lr = jnp.zeros((1, 3, 64, 64, 3))
+    plain, remat = models.build("vsr_transformer", **kwargs), models.build("vsr_transformer", remat=True, **kwargs)
+    init = lambda model: jax.eval_shape(lambda key: model.init(key, lr), jax.random.key(0))  # noqa: E731
+    variables = init(plain)
+    assert jax.tree.structure(init(remat)) == jax.tree.structure(variables)
+
+    def checkpoints(model):
+        loss = lambda v: jnp.mean(model.apply(v, lr))  # noqa: E731
+        return len(re.findall(r"\b(?:checkpoint|remat2?)\[", str(jax.make_jaxpr(jax.grad(loss))(variables))))
+
+    assert checkpoints(plain) == 0
+    assert checkpoints(remat) == 4  # 2 layers, the feature extraction and the reconstruction
