@@ -39,7 +39,7 @@ from ecformer_jax.tasks.base import Task
 from ecformer_jax.training import losses
 from ecformer_jax.training.config import base_config
 from ecformer_jax.training.metrics import image_grid
-from ecformer_jax.training.sharding import gathered, gathered_updates
+from ecformer_jax.training.sharding import gathered_once, gathered_updates
 from ecformer_jax.training.state import all_finite, guarded_update
 
 
@@ -319,7 +319,7 @@ def make_train_step(config, built: Models):
 
         (d_loss, spectral), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
         d_updates, d_opt = tx.update(d_grads, state.d_opt, state.d_params)
-        d_params = gathered(optax.apply_updates(state.d_params, d_updates))  # used again below: whole under FSDP
+        d_params = gathered_once(optax.apply_updates(state.d_params, d_updates))  # used again below: whole under FSDP
 
         # --- generator step (adversarial term with the updated D) ---------------------------------
         def g_loss_fn(pred_d, flows):
