@@ -53,3 +53,23 @@ def test_custom_vjps_match_autodiff(h, w, k, s, p):
     # second order (grad of a grad) goes through the same pair
     g2 = jax.jit(jax.grad(lambda a: jnp.sum(jax.grad(lambda b: jnp.sum(unfold(b, k, s, p) ** 2))(a) ** 2)))(x)
     assert np.all(np.isfinite(np.asarray(g2)))
+
+
+@pytest.mark.parametrize("h, w, k, s, p", [(60, 108, 7, 3, 3), (13, 17, 3, 2, 1), (8, 8, 4, 4, 0), (9, 9, 2, 3, 0)])
+def test_tpu_fold_by_phase_is_the_same_sum(h, w, k, s, p):
+    """On TPU / GPU fold sums each stride phase on the patch grid and interleaves the phases (the CPU pads every tap
+    to the whole map): the same additions in the same order, so bitwise equal, also through unfold's VJP."""
+    import jax
+
+    from ecformer_jax.layers.tiling import on_platform
+
+    rng = np.random.default_rng(2)
+    nh, nw = grid_size(h, w, k, s, p)
+    patches = rng.standard_normal((2, nh, nw, 3 * k * k)).astype(np.float32)
+    x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+    unfold_vjp = lambda a, g: jax.vjp(lambda b: unfold(b, k, s, p), a)[1](g)[0]  # noqa: E731
+    cpu = fold(patches, (h, w), k, s, p), unfold_vjp(x, patches)
+    with on_platform("tpu"):
+        tpu = jax.jit(lambda a: fold(a, (h, w), k, s, p))(patches), jax.jit(unfold_vjp)(x, patches)
+    for got, want in zip(tpu, cpu):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
