@@ -57,9 +57,8 @@ def test_custom_vjps_match_autodiff(h, w, k, s, p):
 
 @pytest.mark.parametrize("h, w, k, s, p", [(21, 33, 7, 3, 3), (13, 17, 3, 2, 1), (8, 8, 4, 4, 0), (9, 9, 2, 3, 0)])
 def test_tpu_fold_by_phase_is_the_same_sum(h, w, k, s, p):
-    """On TPU / GPU fold sums each stride phase on the patch grid and spreads only the phase sums over the map (the
-    CPU pads every tap to the whole map): the same additions in the same order, so bitwise equal, also through
-    unfold's VJP."""
+    """On TPU / GPU fold sums each stride phase on the patch grid and interleaves the phases (the CPU pads every tap
+    to the whole map): the same additions in the same order, so bitwise equal, also through unfold's VJP."""
     import jax
 
     from ecformer_jax.layers.tiling import on_platform
