@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 import torch
@@ -12,14 +13,14 @@ def test_unfold_fold_match_torch(h, w, k, s, p):
     x = rng.standard_normal((2, h, w, 5)).astype(np.float32)
     ref = F.unfold(torch.from_numpy(x).permute(0, 3, 1, 2), k, stride=s, padding=p)  # (N, C*k*k, L)
     nh, nw = grid_size(h, w, k, s, p)
-    ours = np.asarray(unfold(x, k, s, p))
+    ours = np.asarray(jax.jit(unfold, static_argnums=(1, 2, 3))(x, k, s, p))  # one compile, not one per slice
     assert ours.shape == (2, nh, nw, 5 * k * k)
     np.testing.assert_array_equal(ours.reshape(2, nh * nw, -1).transpose(0, 2, 1), ref.numpy())
 
     patches = rng.standard_normal((2, nh, nw, 5 * k * k)).astype(np.float32)
     tp = torch.from_numpy(patches.reshape(2, nh * nw, -1).transpose(0, 2, 1).copy())
     ref_fold = F.fold(tp, (h, w), k, stride=s, padding=p).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(np.asarray(fold(patches, (h, w), k, s, p)), ref_fold, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda a: fold(a, (h, w), k, s, p))(patches)), ref_fold, atol=1e-5)
 
     ones = torch.ones(1, k * k, nh * nw)
     np.testing.assert_array_equal(overlap_count((h, w), k, s, p)[..., 0],
@@ -68,7 +69,7 @@ def test_tpu_fold_by_phase_is_the_same_sum(h, w, k, s, p):
     patches = rng.standard_normal((2, nh, nw, 3 * k * k)).astype(np.float32)
     x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
     unfold_vjp = lambda a, g: jax.vjp(lambda b: unfold(b, k, s, p), a)[1](g)[0]  # noqa: E731
-    cpu = fold(patches, (h, w), k, s, p), unfold_vjp(x, patches)
+    cpu = jax.jit(lambda a: fold(a, (h, w), k, s, p))(patches), jax.jit(unfold_vjp)(x, patches)
     with on_platform("tpu"):
         tpu = jax.jit(lambda a: fold(a, (h, w), k, s, p))(patches), jax.jit(unfold_vjp)(x, patches)
     for got, want in zip(tpu, cpu):

@@ -59,13 +59,14 @@ def _official_lookup(pyramid, coords, radius=4):
 
 def test_dense_lookup_is_the_official_window():
     f1, f2, coords = _features_and_coords(16, 24)  # levels 16x24, 8x12, 4x6, 2x3
-    pyramid = correlation.corr_pyramid(jnp.asarray(f1), jnp.asarray(f2))
+    pyramid = jax.jit(correlation.corr_pyramid)(jnp.asarray(f1), jnp.asarray(f2))
     assert [p.shape for p in pyramid] == [(2, 384, 16, 24), (2, 384, 8, 12), (2, 384, 4, 6), (2, 384, 2, 3)]
-    ours = np.asarray(correlation.lookup_dense(pyramid, jnp.asarray(coords)))
+    lookup = jax.jit(correlation.lookup_dense)  # one compile, not one per operation
+    ours = np.asarray(lookup(pyramid, jnp.asarray(coords)))
     assert ours.shape == (2, 16, 24, 4 * 81)
     np.testing.assert_allclose(ours, _official_lookup(pyramid, coords), rtol=0, atol=1e-6)
     # the first window axis moves x: at the pixel grid, tap (i, j) of level 0 is corr[y + j - 4, x + i - 4]
-    grid = np.asarray(correlation.lookup_dense(pyramid, correlation.coords_grid(2, 16, 24)))
+    grid = np.asarray(lookup(pyramid, correlation.coords_grid(2, 16, 24)))
     vol = np.asarray(pyramid[0]).reshape(2, 16, 24, 16, 24)
     assert grid[1, 5, 7, 2 * 9 + 6] == vol[1, 5, 7, 5 + 2, 7 - 2]
 
@@ -75,10 +76,11 @@ def test_chunked_lookup_equals_dense(h, w, chunk):
     """Pooling the features instead of the volume, window by window and chunk by chunk, gives the dense
     lookup (up to float32 rounding); (8, 12) has a 1x1 last level, sampled at p directly by both."""
     f1, f2, coords = _features_and_coords(h, w, seed=h + chunk)
-    pyramid = correlation.corr_pyramid(jnp.asarray(f1), jnp.asarray(f2))
-    dense = np.asarray(correlation.lookup_dense(pyramid, jnp.asarray(coords)))
+    pyramid = jax.jit(correlation.corr_pyramid)(jnp.asarray(f1), jnp.asarray(f2))
+    dense = np.asarray(jax.jit(correlation.lookup_dense)(pyramid, jnp.asarray(coords)))
     lookup = jax.jit(functools.partial(correlation.lookup_chunked, chunk=chunk))
-    chunked = np.asarray(lookup(jnp.asarray(f1), correlation.feature_pyramid(jnp.asarray(f2)), jnp.asarray(coords)))
+    features = jax.jit(correlation.feature_pyramid)(jnp.asarray(f2))
+    chunked = np.asarray(lookup(jnp.asarray(f1), features, jnp.asarray(coords)))
     assert np.isfinite(dense).all() and np.abs(dense).max() > 1
     np.testing.assert_allclose(chunked, dense, rtol=0, atol=2e-6 * np.abs(dense).max())
     assert (chunked[1, 0, 2, :81] == 0).all() and (dense[1, 0, 2, :81] == 0).all()  # window entirely outside
