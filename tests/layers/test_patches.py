@@ -35,7 +35,6 @@ def test_fold_rejects_wrong_grid():
 @pytest.mark.parametrize("h, w, k, s, p", [(12, 20, 7, 3, 3), (13, 11, 3, 2, 1)])
 def test_custom_vjps_match_autodiff(h, w, k, s, p):
     """unfold / fold carry hand-written VJPs (each one's is the other); they must equal plain autodiff."""
-    import jax
     import jax.numpy as jnp
 
     from ecformer_jax.layers.patches import _fold, _unfold
@@ -60,8 +59,6 @@ def test_custom_vjps_match_autodiff(h, w, k, s, p):
 def test_tpu_fold_by_phase_is_the_same_sum(h, w, k, s, p):
     """On TPU / GPU fold sums each stride phase on the patch grid and interleaves the phases (the CPU pads every tap
     to the whole map): the same additions in the same order, so bitwise equal, also through unfold's VJP."""
-    import jax
-
     from ecformer_jax.layers.tiling import on_platform
 
     rng = np.random.default_rng(2)
