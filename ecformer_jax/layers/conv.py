@@ -116,6 +116,15 @@ def _input_grad_by_phase(x_shape, k, dy, strides, padding, precision):
     return jax.lax.pad(dxp, jnp.zeros((), dxp.dtype), ((0, 0, 0), (-lo_h, -hi_h, 0), (-lo_w, -hi_w, 0), (0, 0, 0)))
 
 
+def _at_column_offsets(dy, offsets, width):
+    """dy placed at each column offset of a row `width` wide, the copies side by side in channels, flattened to
+    (pixels, len(offsets) * C): the right-hand side of the kernel gradients' one-product-per-kernel-row form."""
+    zero = jnp.zeros((), dy.dtype)
+    wo = dy.shape[2]
+    cols = [jax.lax.pad(dy, zero, ((0, 0, 0), (0, 0, 0), (o, width - wo - o, 0), (0, 0, 0))) for o in offsets]
+    return jnp.concatenate(cols, axis=-1).reshape(-1, len(offsets) * dy.shape[-1])
+
+
 def _kernel_grad_by_phase_rows(x, dy, k_shape, strides, padding, precision):
     """The kernel gradient of a strided, undilated conv. With kernel row i = s * l + p and column j = s * m + q,
     tap (i, j) contracts the input's phase image xp[p::s, q::s] shifted by (l, m) with dy: a stride-1 kernel
@@ -130,12 +139,10 @@ def _kernel_grad_by_phase_rows(x, dy, k_shape, strides, padding, precision):
     wq = wo + cols - 1  # every phase image's width (zero columns beyond the input only meet zero dy)
     xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0),
                                                   (lo_w, max(hi_w, sw * wq - w - lo_w), 0), (0, 0, 0)))
-    zero = jnp.zeros((), dy.dtype)
     taps = {}
     for q in range(min(sw, kw)):
         mq = len(range(q, kw, sw))
-        dy_cols = jnp.concatenate([jax.lax.pad(dy, zero, ((0, 0, 0), (0, 0, 0), (m, wq - wo - m, 0), (0, 0, 0)))
-                                   for m in range(mq)], axis=-1).reshape(-1, mq * cout)
+        dy_cols = _at_column_offsets(dy, range(mq), wq)
         for i in range(kh):
             window = jax.lax.slice(xp, (0, i, q, 0), (n, i + sh * (ho - 1) + 1, q + sw * (wq - 1) + 1, cin),
                                    (1, sh, sw, 1))
@@ -177,10 +184,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
         # offsets side by side in channels): one product per row, kh copies of the input and kw of dy instead of
         # kh * kw of the input (64 -> 64 at 3 x 240x432: 0.35 -> 0.24 s; never slower at the sizes measured).
         wp = xp.shape[2]
-        zero = jnp.zeros((), dy.dtype)
-        dy_cols = jnp.concatenate([jax.lax.pad(dy, zero, ((0, 0, 0), (0, 0, 0), (j * dw, wp - wo - j * dw, 0),
-                                                          (0, 0, 0))) for j in range(kw)], axis=-1)
-        dy_cols = dy_cols.reshape(-1, kw * cout)
+        dy_cols = _at_column_offsets(dy, [j * dw for j in range(kw)], wp)
         rows = [jnp.dot(jax.lax.slice_in_dim(xp, i * dh, i * dh + ho, axis=1).reshape(-1, cin).T, dy_cols,
                         precision=precision, preferred_element_type=jnp.float32) for i in range(kh)]
         return dx, jnp.stack(rows).reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3).astype(k.dtype)
