@@ -75,6 +75,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                       tuple(rhs_dilation or (1, 1)), precision)
 
 
+def _accumulator(dtype):
+    """The kernel gradients' product type: float32 for bfloat16 / float32 operands, float64 for float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _native_nhwc(x, k, strides, padding, dilation, precision):
     return jax.lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC,
                                         precision=precision)
@@ -146,7 +151,8 @@ def _kernel_grad_by_phase_rows(x, dy, k_shape, strides, padding, precision):
         for i in range(kh):
             window = jax.lax.slice(xp, (0, i, q, 0), (n, i + sh * (ho - 1) + 1, q + sw * (wq - 1) + 1, cin),
                                    (1, sh, sw, 1))
-            g = jnp.dot(window.reshape(-1, cin).T, dy_cols, precision=precision, preferred_element_type=jnp.float32)
+            g = jnp.dot(window.reshape(-1, cin).T, dy_cols, precision=precision,
+                        preferred_element_type=_accumulator(x.dtype))
             for m in range(mq):
                 taps[i, q + sw * m] = g[:, m * cout:(m + 1) * cout]
     return jnp.stack([jnp.stack([taps[i, j] for j in range(kw)]) for i in range(kh)])
@@ -176,7 +182,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
         shifted = [jax.lax.pad(dy, zero, ((0, 0, 0), (i * dh, hp - ho - i * dh, 0), (j * dw, wp - wo - j * dw, 0),
                                           (0, 0, 0))) for i in range(kh) for j in range(kw)]
         g = jnp.dot(xp.reshape(-1, cin).T, jnp.concatenate(shifted, axis=-1).reshape(-1, kh * kw * cout),
-                    precision=precision, preferred_element_type=jnp.float32)
+                    precision=precision, preferred_element_type=_accumulator(x.dtype))
         return dx, g.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(k.dtype)
     if (sh, sw) == (1, 1):
         # Stride 1: tap (i, j) contracts xp[a + i * dh, b + j * dw] with dy[a, b] over the pixels. Take the input's
@@ -186,7 +192,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
         wp = xp.shape[2]
         dy_cols = _at_column_offsets(dy, [j * dw for j in range(kw)], wp)
         rows = [jnp.dot(jax.lax.slice_in_dim(xp, i * dh, i * dh + ho, axis=1).reshape(-1, cin).T, dy_cols,
-                        precision=precision, preferred_element_type=jnp.float32) for i in range(kh)]
+                        precision=precision, preferred_element_type=_accumulator(x.dtype)) for i in range(kh)]
         return dx, jnp.stack(rows).reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3).astype(k.dtype)
     dy_rows = dy.reshape(n * ho * wo, cout)
     taps = []
@@ -195,7 +201,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
             shifted = jax.lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1,
                                                                  j * dw + (wo - 1) * sw + 1, cin), (1, sh, sw, 1))
             taps.append(jnp.dot(shifted.reshape(n * ho * wo, cin).T, dy_rows, precision=precision,
-                                preferred_element_type=jnp.float32))
+                                preferred_element_type=_accumulator(x.dtype)))
     return dx, jnp.stack(taps).reshape(k.shape).astype(k.dtype)
 
 
@@ -317,12 +323,27 @@ def pixel_shuffle(x, r: int):
     return x.reshape(*lead, h * r, w * r, c)
 
 
+def _time_groups(t, kt, pt0, pt1):
+    """The output frames of a stride-1 time convolution grouped by the time taps that meet real frames rather than
+    the zero padding: [(first, end, first tap, end tap)], output frame o reading input frame o + tap - pt0."""
+    groups = []
+    for o in range(t + pt0 + pt1 - kt + 1):
+        taps = (max(0, pt0 - o), min(kt, t + pt0 - o))
+        if groups and groups[-1][2:] == taps:
+            groups[-1] = (groups[-1][0], o + 1, *taps)
+        else:
+            groups.append((o, o + 1, *taps))
+    return groups
+
+
 def conv3d(x, kernel, strides=(1, 1, 1), padding=((0, 0), (0, 0), (0, 0))):
     """3-D convolution of x (N, T, H, W, Cin) with kernel (kt, kh, kw, Cin, Cout).
 
     With temporal stride 1 it runs as 2-D convs over all frames, the same numbers as a Conv3d: on the CPU the kt
-    time taps are stacked into the channel axis for one 2-D conv (XLA's CPU backend differentiates 2-D convs ~20x
-    faster than 3-D ones); on a TPU or GPU each time tap is a 2-D conv of the time-shifted frames and the kt
+    time taps are stacked into the channel axis for one 2-D conv per group of output frames that meet the same
+    real frames (XLA's CPU backend differentiates 2-D convs ~20x faster than 3-D ones; the taps that would only
+    meet the zero time padding are left out, as PyTorch's oneDNN does: a T-PatchGAN layer on a 2-frame clip does
+    2/3 of the products); on a TPU or GPU each time tap is a 2-D conv of the time-shifted frames and the kt
     results are summed (the stacked kt * Cin channels of a discriminator's RGB input took 9 of a TPU's 128 lanes:
     its gradient on a 16 x 240x432 clip needed 1752 MiB of temporaries; summed per tap 608; the native 3-D conv
     1895).
@@ -332,17 +353,25 @@ def conv3d(x, kernel, strides=(1, 1, 1), padding=((0, 0), (0, 0), (0, 0))):
     if strides[0] != 1:
         return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
     n, t, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (pt0, pt1), (0, 0), (0, 0), (0, 0)))
-    t_out = t + pt0 + pt1 - kt + 1
     if target_platform() != "cpu":
+        xp = jnp.pad(x, ((0, 0), (pt0, pt1), (0, 0), (0, 0), (0, 0)))
+        t_out = t + pt0 + pt1 - kt + 1
         y = sum(conv_general_dilated(xp[:, i:i + t_out].reshape(n * t_out, h, w, c), kernel[i], strides[1:], sp,
                                      dimension_numbers=_NHWC) for i in range(kt))
         return y.reshape(n, t_out, *y.shape[1:])
-    stacked = jnp.concatenate([xp[:, i : i + t_out] for i in range(kt)], axis=-1)
-    stacked = stacked.reshape(n * t_out, h, w, kt * c)
-    k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kernel.shape[1], kernel.shape[2], kt * c, kernel.shape[-1])
-    y = conv_general_dilated(stacked, k2, strides[1:], sp, dimension_numbers=_NHWC)
-    return y.reshape(n, t_out, *y.shape[1:])
+    (kh, kw), cout = kernel.shape[1:3], kernel.shape[-1]
+    ho, wo = (h + sum(sp[0]) - kh) // strides[1] + 1, (w + sum(sp[1]) - kw) // strides[2] + 1
+    parts = []
+    for o0, o1, i0, i1 in _time_groups(t, kt, pt0, pt1):
+        if i1 <= i0:  # only zero padding in reach (a time padding of kt or more)
+            parts.append(jnp.zeros((n, o1 - o0, ho, wo, cout), jnp.result_type(x, kernel)))
+            continue
+        stacked = jnp.concatenate([x[:, o0 + i - pt0:o1 + i - pt0] for i in range(i0, i1)], axis=-1)
+        k2 = jnp.transpose(kernel[i0:i1], (1, 2, 0, 3, 4)).reshape(kh, kw, (i1 - i0) * c, cout)
+        y = conv_general_dilated(stacked.reshape(n * (o1 - o0), h, w, (i1 - i0) * c), k2, strides[1:], sp,
+                                 dimension_numbers=_NHWC)
+        parts.append(y.reshape(n, o1 - o0, ho, wo, cout))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
 class Conv3d(nn.Module):
