@@ -138,6 +138,45 @@ def test_attention_matches_naive_softmax():
     np.testing.assert_array_equal(np.asarray(merge_heads(split_heads(x, 4))), x)
 
 
+def _count_reductions(jaxpr, shape, axes):
+    """reduce_sum equations over an operand of `shape` along `axes`, in a jaxpr and the jaxprs inside it."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "reduce_sum" and eqn.invars[0].aval.shape == shape and eqn.params["axes"] == axes:
+            n += 1
+        for p in eqn.params.values():
+            inner = getattr(p, "jaxpr", p)
+            if hasattr(inner, "eqns"):
+                n += _count_reductions(inner, shape, axes)
+    return n
+
+
+@pytest.mark.parametrize("bias_shape, topk", [(None, None), ((1, 1, 9), None), ((2, 7, 9), 4)])
+def test_attention_gradients_match_autodiff_of_a_plain_softmax(bias_shape, topk):
+    """attend's backward (each query's sum_k p dp taken as dout . out, not a reduction over the logits) gives
+    autodiff's gradients of a plain softmax attention, for q, k, v and a learned bias (summed back to its shape)."""
+    rng = np.random.default_rng(3)
+    q = jnp.asarray(rng.standard_normal((2, 7, 5)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((2, 9, 5)), jnp.float32) for _ in range(2))
+    bias = jnp.zeros((1, 1, 1)) if bias_shape is None else jnp.asarray(rng.standard_normal(bias_shape), jnp.float32)
+
+    def plain(q, k, v, bias):
+        s = jnp.einsum("bqd,bkd->bqk", q, k) * 0.3 + bias
+        if topk:
+            s = jnp.where(s >= jax.lax.stop_gradient(jax.lax.top_k(s, topk)[0][..., -1:]), s, -jnp.inf)
+        return jax.nn.softmax(s) @ v
+
+    ours = lambda q, k, v, bias: attend(q, k, v, scale=0.3, bias=bias, topk=topk, tile=0)  # noqa: E731
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
+    grads = jax.grad(loss(ours), (0, 1, 2, 3))(q, k, v, bias)
+    chex.assert_trees_all_close(grads, jax.grad(loss(plain), (0, 1, 2, 3))(q, k, v, bias), atol=1e-5, rtol=1e-5)
+    assert grads[3].shape == bias.shape
+    # the forward's softmax sums over the keys once; the backward adds no second sum over the logits
+    jaxpr = jax.make_jaxpr(jax.grad(loss(ours), (0, 1, 2)))(q, k, v, bias).jaxpr
+    assert _count_reductions(jaxpr, (2, 7, 9), (2,)) == 1
+    assert _count_reductions(jax.make_jaxpr(jax.grad(loss(plain), (0, 1, 2)))(q, k, v, bias).jaxpr, (2, 7, 9), (2,)) > 1
+
+
 def test_attention_is_per_sample():
     m = MultiHeadAttention(16, 2)
     x = jax.random.normal(jax.random.key(0), (2, 10, 16))
