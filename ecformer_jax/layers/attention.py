@@ -215,7 +215,8 @@ def _softmax_rows(q, k, v, scale, bias, topk):
         flat = lambda a: None if a is None else a.reshape(-1, *a.shape[-2:])
         out = _softmax_rows(flat(q), flat(k), flat(v), scale, flat(bias), topk)
         return out.reshape(*lead, *out.shape[-2:])
-    if _static(scale) and (target_platform() == "cpu" or k.shape[-2] >= FLASH_MIN_LENGTH):
+    lk, dv = k.shape[-2], v.shape[-1]
+    if _static(scale) and lk > dv and (target_platform() == "cpu" or lk >= FLASH_MIN_LENGTH):
         return _rows(q, k, v, bias, scale, topk)
     return _rows_forward(q, k, v, bias, scale, topk)[0]
 
@@ -247,10 +248,14 @@ def _rows_fwd(q, k, v, bias, scale, topk):
 def _rows_bwd(scale, topk, residuals, dout):
     """The softmax's backward with each query's sum_k p dp taken as dout . out (one Lq x Dv product, as flash
     attention does) instead of a reduction over the Lq x Lk logits: XLA's CPU backend ran that reduction at
-    ~13 ms per 1440 x 1440 head (FuseFormer: 0.39 s of a 4.4 s training step). Used on the CPU, and on a TPU or
-    GPU for rows of at least FLASH_MIN_LENGTH keys (the top-k and biased attentions no kernel takes: a v5e
-    compile of ECFormer's top-k attention gradient accesses 21 % fewer bytes; short windows, where the saved
-    output outweighs the logits, keep autodiff's form: windows of 16 queries x 80 keys would access 6 % more)."""
+    ~13 ms per 1440 x 1440 head (FuseFormer: 0.39 s of a 4.4 s training step). Only for rows longer than the
+    head (Lk > Dv): with few keys and long values (STTN's patch attention: a few hundred keys at most, thousands
+    of values per token) the two float32 sums disagree by more than the small true differences dp - row, and
+    STTN's second training step moved 4e-3 from the official one (8e-4 with autodiff's form). Used on the CPU,
+    and on a TPU or GPU for rows of at least FLASH_MIN_LENGTH keys (the top-k and biased attentions that no
+    kernel takes: a v5e compile of ECFormer's top-k attention gradient accesses 21 % fewer bytes; short windows,
+    where the saved output outweighs the logits, keep autodiff's form: 16-query x 80-key windows would access
+    6 % more)."""
     q, k, v, bias, probs, out = residuals
     f32 = jnp.float32
     dv = jnp.einsum("...qk,...qd->...kd", probs.astype(v.dtype), dout, preferred_element_type=f32).astype(v.dtype)

@@ -175,6 +175,10 @@ def test_attention_gradients_match_autodiff_of_a_plain_softmax(bias_shape, topk)
     jaxpr = jax.make_jaxpr(jax.grad(loss(ours), (0, 1, 2)))(q, k, v, bias).jaxpr
     assert _count_reductions(jaxpr, (2, 7, 9), (2,)) == 1
     assert _count_reductions(jax.make_jaxpr(jax.grad(loss(plain), (0, 1, 2)))(q, k, v, bias).jaxpr, (2, 7, 9), (2,)) > 1
+    # values longer than the rows of keys (STTN's patches): autodiff's form, whose sum_k p dp matches its dp
+    v_long = jnp.asarray(rng.standard_normal((2, 9, 12)), jnp.float32)
+    assert _count_reductions(jax.make_jaxpr(jax.grad(loss(ours), (0, 1, 2)))(q, k, v_long, bias).jaxpr,
+                             (2, 7, 9), (2,)) > 1
 
 
 def test_attention_is_per_sample():
