@@ -14,9 +14,13 @@ on a CPU host) is a TPU, `attend` runs the Pallas flash-attention kernel
 (`jax.experimental.pallas.ops.tpu.flash_attention`); on a GPU, cuDNN's through
 `jax.nn.dot_product_attention(implementation="cudnn")`; where a kernel's constraints are not met (see
 `attend`), the untiled XLA path. On the CPU nothing changes: the tiled path, same numerics.
+
 `with implementation("xla"):` forces the XLA path for the code traced inside (like `on_platform`, the
 setting is part of jit's cache key); "flash" / "cudnn" force that kernel wherever it fits, whatever the
 platform (the Pallas kernel off a TPU only runs in Pallas' TPU interpret mode).
+
+The XLA path's backward (`_rows_bwd`) takes each query's softmax row sum as dout . out, as flash attention does,
+where the rows are longer than the head.
 """
 from __future__ import annotations
 
