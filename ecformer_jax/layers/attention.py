@@ -13,14 +13,13 @@ platform (`layers.tiling.target_platform`, set by `with on_platform("tpu"):` for
 on a CPU host) is a TPU, `attend` runs the Pallas flash-attention kernel
 (`jax.experimental.pallas.ops.tpu.flash_attention`); on a GPU, cuDNN's through
 `jax.nn.dot_product_attention(implementation="cudnn")`; where a kernel's constraints are not met (see
-`attend`), the untiled XLA path. On the CPU nothing changes: the tiled path, same numerics.
-
+`attend`), the untiled XLA path. The CPU keeps the tiled path (the same forward numerics).
 `with implementation("xla"):` forces the XLA path for the code traced inside (like `on_platform`, the
 setting is part of jit's cache key); "flash" / "cudnn" force that kernel wherever it fits, whatever the
 platform (the Pallas kernel off a TPU only runs in Pallas' TPU interpret mode).
 
-The XLA path's backward (`_rows_bwd`) takes each query's softmax row sum as dout . out, as flash attention does,
-where the rows are longer than the head.
+The XLA path's backward (`_rows_bwd`, every platform) takes each query's softmax row sum as dout . out, as flash
+attention does, where the rows are longer than the head.
 """
 from __future__ import annotations
 
@@ -262,7 +261,7 @@ def _rows_bwd(scale, topk, residuals, dout):
     6 % more)."""
     q, k, v, bias, probs, out = residuals
     f32 = jnp.float32
-    dv = jnp.einsum("...qk,...qd->...kd", probs.astype(v.dtype), dout, preferred_element_type=f32).astype(v.dtype)
+    dvalues = jnp.einsum("...qk,...qd->...kd", probs.astype(v.dtype), dout, preferred_element_type=f32).astype(v.dtype)
     dprobs = jnp.einsum("...qd,...kd->...qk", dout, v, preferred_element_type=f32)
     row = jnp.sum(dout.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
     dscores = probs * (dprobs - row)
@@ -272,7 +271,7 @@ def _rows_bwd(scale, topk, residuals, dout):
     dscores = dscores.astype(q.dtype)
     dq = jnp.einsum("...qk,...kd->...qd", dscores, k, preferred_element_type=f32).astype(q.dtype)
     dk = jnp.einsum("...qk,...qd->...kd", dscores, q, preferred_element_type=f32).astype(k.dtype)
-    return dq, dk, dv, dbias
+    return dq, dk, dvalues, dbias
 
 
 _rows.defvjp(_rows_fwd, _rows_bwd)
