@@ -14,12 +14,13 @@ on a CPU host) is a TPU, `attend` runs the Pallas flash-attention kernel
 (`jax.experimental.pallas.ops.tpu.flash_attention`); on a GPU, cuDNN's through
 `jax.nn.dot_product_attention(implementation="cudnn")`; where a kernel's constraints are not met (see
 `attend`), the untiled XLA path. The CPU keeps the tiled path (the same forward numerics).
+
 `with implementation("xla"):` forces the XLA path for the code traced inside (like `on_platform`, the
 setting is part of jit's cache key); "flash" / "cudnn" force that kernel wherever it fits, whatever the
 platform (the Pallas kernel off a TPU only runs in Pallas' TPU interpret mode).
 
-The XLA path's backward (`_rows_bwd`, every platform) takes each query's softmax row sum as dout . out, as flash
-attention does, where the rows are longer than the head.
+The XLA path's backward (`_rows_bwd`) takes each query's softmax row sum as dout . out, as flash attention does,
+where the rows are longer than the head (and, off the CPU, have at least FLASH_MIN_LENGTH keys).
 """
 from __future__ import annotations
 
