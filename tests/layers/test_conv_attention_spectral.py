@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import ecformer_jax.layers.conv as conv_module
 from ecformer_jax.layers.attention import MultiHeadAttention, attend, dot_product_attention, merge_heads, split_heads
 from ecformer_jax.layers.conv import (
     PHASE_ROWS_MIN_CIN,
@@ -50,18 +51,24 @@ def test_grouped_conv2d_runs_one_conv_per_group_with_torch_semantics():
     np.testing.assert_allclose(np.asarray(split), np.asarray(grouped), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,dilation,channels", [
-    ((3, 2), (2, 3), ((3, 1), (0, 2)), (1, 1), (6, 5)),  # odd strides, asymmetric padding
-    ((3, 3), (2, 1), ((2, 2), (-1, 2)), (2, 3), (6, 5)),  # dilation, negative padding
-    ((3, 3), (1, 1), ((1, 2), (-1, 2)), (2, 1), (8, 2)),  # few output channels: the output gradient is shifted
-    ((3, 2), (1, 1), ((1, 2), (-1, 2)), (2, 3), (5, 6)),  # stride 1: a product per kernel row
-    ((5, 5), (2, 2), ((2, 1), (-1, 2)), (1, 1), (6, 5)),  # 25 taps: XLA's kernel gradient, input gradient by phase
-    ((5, 5), (2, 2), ((2, 1), (-1, 2)), (1, 1), (64, 5)),  # wide input, strided: kernel gradient by phase and row
+@pytest.mark.parametrize("kernel,stride,padding,dilation,channels,chunk_bytes", [
+    ((3, 2), (2, 3), ((3, 1), (0, 2)), (1, 1), (6, 5), None),  # odd strides, asymmetric padding
+    ((3, 3), (2, 1), ((2, 2), (-1, 2)), (2, 3), (6, 5), None),  # dilation, negative padding
+    ((3, 3), (1, 1), ((1, 2), (-1, 2)), (2, 1), (8, 2), None),  # few output channels: the output gradient is shifted
+    ((3, 2), (1, 1), ((1, 2), (-1, 2)), (2, 3), (5, 6), None),  # stride 1: a product per kernel row, one chunk
+    ((3, 2), (1, 1), ((1, 2), (-1, 2)), (2, 3), (5, 6), 8000),  # the same in 4 chunks of 3 of the 12 output rows
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (5, 6), 1),  # one output row per chunk
+    ((5, 5), (2, 2), ((2, 1), (-1, 2)), (1, 1), (6, 5), None),  # 25 taps: XLA's kernel gradient, input grad by phase
+    ((5, 5), (2, 2), ((2, 1), (-1, 2)), (1, 1), (64, 5), None),  # wide input, strided: kernel gradient by phase, row
 ])
-def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, padding, dilation, channels):
-    """On the CPU a plain NHWC conv differentiates its kernel row by row (stride 1) or tap by tap and a strided
-    one its input phase by phase (layers/conv.py): the same values and gradients as XLA's own, also inside a scan
-    (where XLA's kernel gradient is 40x slower) and for bfloat16; the AOT target platform (tpu) keeps XLA's."""
+def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, padding, dilation, channels, chunk_bytes,
+                                                           monkeypatch):
+    """On the CPU a plain NHWC conv differentiates its kernel row by row (stride 1, a few output rows at a time
+    where the input is large: `chunk_bytes` makes these small inputs "large") or tap by tap and a strided one its
+    input phase by phase (layers/conv.py): the same values and gradients as XLA's own, also inside a scan (where
+    XLA's kernel gradient is 40x slower) and for bfloat16; the AOT target platform (tpu) keeps XLA's."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(5)
     cin, cout = channels
     x = jnp.asarray(rng.standard_normal((2, 3, 13, 17, cin)), jnp.float32)
@@ -88,6 +95,8 @@ def test_cpu_conv_kernel_gradient_per_tap_matches_autodiff(kernel, stride, paddi
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(w))))
     # the CPU program has its own gradient (per-tap products where the kernel is small), not one traced for a TPU
     assert "custom_vjp_call" in str(jax.make_jaxpr(loss(ours))(x, k))
+    # the loss's scan over frames, and inside it the kernel gradient's scan over row chunks where chunked
+    assert str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k)).count("scan[") == 2 + (chunk_bytes is not None)
     by_phase = k[..., 0, 0].size > 9 and stride != (1, 1) and cin >= PHASE_ROWS_MIN_CIN  # 5x5 strided, wide
     assert ("dot_general" in str(jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, k))) == (
         k[..., 0, 0].size <= 9 or by_phase)
