@@ -132,18 +132,31 @@ def _at_column_offsets(dy, offsets, width):
     return jnp.concatenate(cols, axis=-1).reshape(-1, len(offsets) * dy.shape[-1])
 
 
-def _in_row_chunks(product, xp, dy, halo: int):
-    """product(xp, dy) of a stride-1 kernel gradient (a sum over the output rows), a few output rows at a time: the
-    sum over chunks of r output rows of product(their r + halo input rows, their dy rows), a scan; r is the largest
-    divisor of the output height whose input rows (all images together) stay within CHUNK_BYTES.
+def _kernel_grad_by_rows(xp, dy, kh, kw, dh, dw, precision):
+    """The kernel gradient of a stride-1 conv of the padded input xp, as (kh, cin, kw * cout). Tap (i, j) contracts
+    xp[a + i * dh, b + j * dw] with dy[a, b] over the pixels: per kernel row i, the input's row window over the whole
+    padded width times dy placed at the column offsets j * dw of that width (the kw copies side by side in
+    channels): kh copies of the input and kw of dy instead of kh * kw of the input.
 
-    The chunk's shifted copies and products then stay in the cache, where over whole images every copy and every
-    product went through memory. Kernel gradients, seconds (2 cores), whole images -> row chunks: 64 -> 64 at
-    2 x 240x432 0.18 -> 0.11, at 3 x 120x216 0.080 -> 0.035; 128 -> 128 at 2 x 120x216 0.114 -> 0.075; 256 -> 256
-    at 2 x 60x108 0.077 -> 0.057; 320 -> 256 at 3 x 60x108 0.144 -> 0.105. (Not used for the other forms: the
-    shifted output gradient is one long product already and got slower in chunks; the strided forms gained nothing.)"""
-    n, ho = dy.shape[:2]
-    row_bytes = n * xp.shape[2] * xp.shape[3] * xp.dtype.itemsize
+    A few output rows at a time: a scan over chunks of r output rows, r the largest divisor of the output height
+    whose input rows (all images together) fit in CHUNK_BYTES, so that a chunk's copies and products stay in the
+    cache instead of whole images going through memory. Kernel gradients, seconds (2 cores), whole images -> row
+    chunks: 64 -> 64 at 2 x 240x432 0.18 -> 0.11, at 3 x 120x216 0.080 -> 0.035; 128 -> 128 at 2 x 120x216 0.114 ->
+    0.075; 256 -> 256 at 2 x 60x108 0.077 -> 0.057; 320 -> 256 at 3 x 60x108 0.144 -> 0.105. (The other forms below
+    are not chunked: the shifted output gradient is one long product already and got slower in chunks; the strided
+    forms gained nothing.)"""
+    n, ho, wo, cout = dy.shape
+    wp, cin = xp.shape[2], xp.shape[3]
+    halo = (kh - 1) * dh
+    acc = _accumulator(xp.dtype)
+
+    def product(xc, dc):  # xc (n, r + halo, wp, cin), dc (n, r, wo, cout) -> (kh, cin, kw * cout)
+        r = dc.shape[1]
+        cols = _at_column_offsets(dc, [j * dw for j in range(kw)], wp)
+        return jnp.stack([jnp.dot(jax.lax.slice_in_dim(xc, i * dh, i * dh + r, axis=1).reshape(-1, cin).T, cols,
+                                  precision=precision, preferred_element_type=acc) for i in range(kh)])
+
+    row_bytes = n * wp * cin * xp.dtype.itemsize
     r = max([r for r in range(1, ho + 1) if ho % r == 0 and (r + halo) * row_bytes <= CHUNK_BYTES], default=1)
     if r >= ho:
         return product(xp, dy)
@@ -152,57 +165,23 @@ def _in_row_chunks(product, xp, dy, halo: int):
         xc = jax.lax.dynamic_slice_in_dim(xp, i * r, r + halo, axis=1)
         return total + product(xc, jax.lax.dynamic_slice_in_dim(dy, i * r, r, axis=1)), None
 
-    like = jax.eval_shape(product, jax.ShapeDtypeStruct((n, r + halo, *xp.shape[2:]), xp.dtype),
-                          jax.ShapeDtypeStruct((n, r, *dy.shape[2:]), dy.dtype))
-    return jax.lax.scan(chunk, jnp.zeros(like.shape, like.dtype), jnp.arange(ho // r))[0]
+    return jax.lax.scan(chunk, jnp.zeros((kh, cin, kw * cout), acc), jnp.arange(ho // r))[0]
 
 
-def _rows_product(xc, dc, kh, kw, dh, dw, precision):
-    """Stride 1: tap (i, j) contracts xp[a + i * dh, b + j * dw] with dy[a, b] over the pixels. Per kernel row i,
-    the input's row window over the whole padded width times dy placed at the column offsets j * dw of that width
-    (the kw copies side by side in channels): kh copies of the input and kw of dy instead of kh * kw of the input.
-    Returns (kh, cin, kw * cout)."""
-    r, wp, cin = dc.shape[1], xc.shape[2], xc.shape[3]
-    cols = _at_column_offsets(dc, [j * dw for j in range(kw)], wp)
-    return jnp.stack([jnp.dot(jax.lax.slice_in_dim(xc, i * dh, i * dh + r, axis=1).reshape(-1, cin).T, cols,
-                              precision=precision, preferred_element_type=_accumulator(xc.dtype)) for i in range(kh)])
-
-
-def _shifted_dy_product(xp, dy, kh, kw, dh, dw, precision):
-    """Few output channels (a decoder's last conv, 64 -> 3): the small output gradient shifted to every tap instead
-    of the wide input copied nine times, one product (64 -> 3 at 3 x 240x432: 0.47 -> 0.12 s). (cin, kh kw cout)."""
-    (_, hp, wp, cin), (_, ho, wo, cout) = xp.shape, dy.shape
-    zero = jnp.zeros((), dy.dtype)
-    shifted = [jax.lax.pad(dy, zero, ((0, 0, 0), (i * dh, hp - ho - i * dh, 0), (j * dw, wp - wo - j * dw, 0),
-                                      (0, 0, 0))) for i in range(kh) for j in range(kw)]
-    return jnp.dot(xp.reshape(-1, cin).T, jnp.concatenate(shifted, axis=-1).reshape(-1, kh * kw * cout),
-                   precision=precision, preferred_element_type=_accumulator(xp.dtype))
-
-
-def _taps_product(xp, dy, kh, kw, strides, dilation, precision):
-    """Strided, at most MAX_TAPS taps: per tap the strided shifted input transposed times dy. (kh kw, cin, cout)."""
-    (sh, sw), (dh, dw) = strides, dilation
-    (n, ho, wo, cout), cin = dy.shape, xp.shape[3]
-    dy_rows = dy.reshape(n * ho * wo, cout)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            shifted = jax.lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1,
-                                                                 j * dw + (wo - 1) * sw + 1, cin), (1, sh, sw, 1))
-            taps.append(jnp.dot(shifted.reshape(n * ho * wo, cin).T, dy_rows, precision=precision,
-                                preferred_element_type=_accumulator(xp.dtype)))
-    return jnp.stack(taps)
-
-
-def _phase_rows_product(xp, dy, kh, kw, strides, precision):
+def _kernel_grad_by_phase_rows(x, dy, k_shape, strides, padding, precision):
     """The kernel gradient of a strided, undilated conv. With kernel row i = s * l + p and column j = s * m + q,
     tap (i, j) contracts the input's phase image xp[p::s, q::s] shifted by (l, m) with dy: a stride-1 kernel
     gradient per phase, done as in the stride-1 case, one product per (phase, kernel row) with dy placed at the
     column offsets m side by side in channels (5x5, stride 2: 10 products instead of 25, each input element
-    copied 2.5 times instead of 6.25; the T-PatchGAN's 192 -> 128 at 2 x 119x215: 203 -> 125 ms). xp is padded
-    to sw * (wo + ceil(kw / sw) - 1) columns. Returns (kh, kw, cin, cout)."""
-    (sh, sw), (n, ho, wo, cout), cin = strides, dy.shape, xp.shape[3]
-    wq = wo + -(-kw // sw) - 1  # every phase image's width (zero columns beyond the input only meet zero dy)
+    copied 2.5 times instead of 6.25; the T-PatchGAN's 192 -> 128 at 2 x 119x215: 203 -> 125 ms)."""
+    kh, kw, cin, cout = k_shape
+    (sh, sw), ((lo_h, hi_h), (lo_w, hi_w)) = strides, padding
+    n, ho, wo, _ = dy.shape
+    w = x.shape[2]
+    cols = -(-kw // sw)
+    wq = wo + cols - 1  # every phase image's width (zero columns beyond the input only meet zero dy)
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0),
+                                                  (lo_w, max(hi_w, sw * wq - w - lo_w), 0), (0, 0, 0)))
     taps = {}
     for q in range(min(sw, kw)):
         mq = len(range(q, kw, sw))
@@ -211,7 +190,7 @@ def _phase_rows_product(xp, dy, kh, kw, strides, precision):
             window = jax.lax.slice(xp, (0, i, q, 0), (n, i + sh * (ho - 1) + 1, q + sw * (wq - 1) + 1, cin),
                                    (1, sh, sw, 1))
             g = jnp.dot(window.reshape(-1, cin).T, dy_cols, precision=precision,
-                        preferred_element_type=_accumulator(xp.dtype))
+                        preferred_element_type=_accumulator(x.dtype))
             for m in range(mq):
                 taps[i, q + sw * m] = g[:, m * cout:(m + 1) * cout]
     return jnp.stack([jnp.stack([taps[i, j] for j in range(kw)]) for i in range(kh)])
@@ -225,26 +204,36 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
     else:
         dx = jax.vjp(lambda a: native(a, k), x)[1](dy)[0]
     kh, kw, cin, cout = k.shape
-    (sh, sw), (dh, dw) = strides, dilation
-    (lo_h, hi_h), (lo_w, hi_w) = padding
-    zero = jnp.zeros((), x.dtype)
     if kh * kw > MAX_TAPS:
         if (strides != (1, 1) and dilation == (1, 1) and cin >= PHASE_ROWS_MIN_CIN
-                and -(-kh // sh) * -(-kw // sw) <= MAX_TAPS):
-            wq = dy.shape[2] + -(-kw // sw) - 1
-            xp = jax.lax.pad(x, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, max(hi_w, sw * wq - x.shape[2] - lo_w), 0),
-                                       (0, 0, 0)))
-            return dx, _phase_rows_product(xp, dy, kh, kw, strides, precision).astype(k.dtype)
+                and -(-kh // strides[0]) * -(-kw // strides[1]) <= MAX_TAPS):
+            return dx, _kernel_grad_by_phase_rows(x, dy, k.shape, strides, padding, precision).astype(k.dtype)
         return dx, jax.vjp(lambda b: native(x, b), k)[1](dy)[0]
-    xp = jax.lax.pad(x, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+    n, ho, wo, _ = dy.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
     if (sh, sw) == (1, 1) and 4 * cout <= cin:
-        g = _shifted_dy_product(xp, dy, kh, kw, dh, dw, precision)
+        # Few output channels (a decoder's last conv, 64 -> 3): shift the small output gradient to every tap
+        # instead of copying the wide input nine times, and contract once. (64 -> 3 at 3 x 240x432: 0.47 -> 0.12 s)
+        hp, wp = xp.shape[1:3]
+        zero = jnp.zeros((), dy.dtype)
+        shifted = [jax.lax.pad(dy, zero, ((0, 0, 0), (i * dh, hp - ho - i * dh, 0), (j * dw, wp - wo - j * dw, 0),
+                                          (0, 0, 0))) for i in range(kh) for j in range(kw)]
+        g = jnp.dot(xp.reshape(-1, cin).T, jnp.concatenate(shifted, axis=-1).reshape(-1, kh * kw * cout),
+                    precision=precision, preferred_element_type=_accumulator(x.dtype))
         return dx, g.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3).astype(k.dtype)
     if (sh, sw) == (1, 1):
-        product = functools.partial(_rows_product, kh=kh, kw=kw, dh=dh, dw=dw, precision=precision)
-        g = _in_row_chunks(product, xp, dy, (kh - 1) * dh)
+        g = _kernel_grad_by_rows(xp, dy, kh, kw, dh, dw, precision)
         return dx, g.reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3).astype(k.dtype)
-    return dx, _taps_product(xp, dy, kh, kw, strides, dilation, precision).reshape(k.shape).astype(k.dtype)
+    dy_rows = dy.reshape(n * ho * wo, cout)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            shifted = jax.lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1,
+                                                                 j * dw + (wo - 1) * sw + 1, cin), (1, sh, sw, 1))
+            taps.append(jnp.dot(shifted.reshape(n * ho * wo, cin).T, dy_rows, precision=precision,
+                                preferred_element_type=_accumulator(x.dtype)))
+    return dx, jnp.stack(taps).reshape(k.shape).astype(k.dtype)
 
 
 _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
