@@ -141,6 +141,18 @@ def _corners(g: _Geometry, off, pos):
     return out
 
 
+def _samples(g: _Geometry, off, m, pos):
+    """All four corners of every sample at once, for the CPU backward: rows into the batch-flattened source
+    (n * h * w * dg, cg) and coefficients (bilinear weight x mask, 0 outside the image), (n, p, 4, k, dg) each.
+    Computed inside a tile, XLA's CPU fusions recompute them (floors, compares, products) for every one of the
+    cg channels they gather and multiply (E2FGVI's alignment, forward + backward on one core: 600 -> 415 ms)."""
+    n = off.shape[0]
+    first = (np.arange(n, dtype=np.int32) * (g.h * g.w * g.dg)).reshape(n, 1, 1, 1)  # each image's first row
+    corners = _corners(g, off, pos)
+    rows = jnp.stack([r.reshape(m.shape) + first for r, *_ in corners], axis=2)
+    return rows, jnp.stack([jnp.where(valid, wgt * m, 0) for _, valid, wgt, _ in corners], axis=2)
+
+
 def _gather(src, rows, shape):
     # rows are clipped into range, so the gather may skip its own bounds handling (~20 % faster)
     return jax.vmap(lambda f, i: f.at[i].get(mode="promise_in_bounds"))(src, rows).reshape(shape)
@@ -199,7 +211,7 @@ def _dcn_tiled_bwd(g, per, residuals, dout):
     n, cg, ctype = src.shape[0], src.shape[-1], off.dtype
     k = g.kh * g.kw
 
-    def tile(acc, o, mk, dy, pos):
+    def tile(acc, o, mk, rows4, coefs, dy, pos):
         dsrc, dkern = acc
         q = o.shape[1]
         if g.groups == 1:
@@ -208,9 +220,9 @@ def _dcn_tiled_bwd(g, per, residuals, dout):
             dcols = jnp.einsum("npgo,kcgo->npkgc", dy.reshape(n, q, g.groups, -1), kern).reshape(n, q, k, g.dg, cg)
         cols, dm, dly, dlx = None, 0, 0, 0
         block_sum = jnp.asarray(np.repeat(np.eye(g.dg, dtype=np.float32), cg, axis=0), ctype)  # (dg cg, dg)
-        for rows, valid, wgt, (dwy, dwx) in _corners(g, o, pos):
-            vals = _gather(src, rows, (n, q, k, g.dg, cg))
-            coef = jnp.where(valid, wgt * mk, 0)
+        for i, (_, valid, wgt, (dwy, dwx)) in enumerate(_corners(g, o, pos)):
+            rows, coef = rows4[:, :, i].reshape(-1), coefs[:, :, i]
+            vals = flat.at[rows].get(mode="promise_in_bounds").reshape(n, q, k, g.dg, cg)
             term = vals * coef.astype(src.dtype)[..., None]
             cols = term if cols is None else cols + term
             # d coefficient = the sample . its column gradient, summed per deformable group: as a matmul with a
@@ -218,8 +230,8 @@ def _dcn_tiled_bwd(g, per, residuals, dout):
             prod = (vals.astype(ctype) * dcols.astype(ctype)).reshape(-1, g.dg * cg)
             dcoef = jnp.where(valid, (prod @ block_sum).reshape(coef.shape), 0)
             dm, dly, dlx = dm + wgt * dcoef, dly + mk * dcoef * dwy, dlx + mk * dcoef * dwx
-            upd = (dcols * coef.astype(dcols.dtype)[..., None]).reshape(n, -1, cg)
-            dsrc = jax.vmap(lambda a, i, u: a.at[i].add(u, mode="promise_in_bounds"))(dsrc, rows, upd)
+            upd = (dcols * coef.astype(dcols.dtype)[..., None]).reshape(-1, cg)
+            dsrc = dsrc.at[rows].add(upd, mode="promise_in_bounds")
         if g.groups == 1:
             dkern = dkern + jnp.dot(cols.reshape(n * q, -1).T, dy.reshape(n * q, g.cout),
                                     preferred_element_type=ctype)
@@ -228,9 +240,11 @@ def _dcn_tiled_bwd(g, per, residuals, dout):
                                        dy.reshape(n, q, g.groups, -1), preferred_element_type=ctype)
         return (dsrc, dkern), (jnp.stack([dly, dlx], axis=-1), dm)
 
-    acc = (jnp.zeros_like(src), jnp.zeros(kern.shape, ctype))
-    (dsrc, dkern), (doff, dm) = _tiles(per, tile, acc, off, m, dout, jnp.asarray(g.positions()))
-    return dsrc, doff.astype(off.dtype), dm.astype(m.dtype), dkern.astype(kern.dtype)
+    flat = src.reshape(-1, cg)  # one row index per sample (no batch index to build for every gather / scatter)
+    acc = (jnp.zeros_like(flat), jnp.zeros(kern.shape, ctype))
+    pos = jnp.asarray(g.positions())
+    (dsrc, dkern), (doff, dm) = _tiles(per, tile, acc, off, m, *_samples(g, off, m, pos), dout, pos)
+    return dsrc.reshape(src.shape), doff.astype(off.dtype), dm.astype(m.dtype), dkern.astype(kern.dtype)
 
 
 _dcn_tiled.defvjp(_dcn_tiled_fwd, _dcn_tiled_bwd)
