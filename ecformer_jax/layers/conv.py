@@ -36,7 +36,7 @@ def conv2d(features: int, kernel: int = 3, stride: int = 1, padding: int | None 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 PHASE_ROWS_MIN_CIN = 64  # a strided 5x5 conv's kernel gradient by phase and kernel row from this many input channels
 CHUNK_BYTES = 3 << 19  # input per row chunk of a stride-1 kernel gradient (1.5 MiB: in the cache, not memory)
-MAX_TAPS = 9  # larger kernels (SPyNet's, RAFT's 7x7) keep XLA's kernel gradient: 49 products compile too slowly
+MAX_TAPS = 9  # strided kernels with more taps (RAFT's 7x7 stem) keep XLA's kernel gradient: 49 products compile slowly
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -45,11 +45,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """jax.lax.conv_general_dilated; for the CPU target a plain 2-D NHWC / HWIO conv (explicit padding, any
     stride and dilation, no groups) gets a gradient that XLA's CPU backend runs faster than its own:
 
-    - kernel gradient (at most MAX_TAPS taps): at stride 1 one matrix product per kernel row, the input's row
+    - kernel gradient: at stride 1 (any kernel size) one matrix product per kernel row, the input's row
       window times the output gradient shifted to every column tap, a few output rows at a time so that the
-      copies stay in the cache (CHUNK_BYTES; with few output channels, one product with the output gradient
-      shifted to every tap); strided, one product per tap, the strided shifted input
-      transposed times the output gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
+      copies stay in the cache (CHUNK_BYTES; at most MAX_TAPS taps and few output channels: one product with the
+      output gradient shifted to every tap; SPyNet's 7x7 convs: its forward + backward 192 -> 151 ms); strided
+      (at most MAX_TAPS taps), one product per tap, the strided shifted input transposed times the output
+      gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
       and at least PHASE_ROWS_MIN_CIN input channels: per input phase, one product per kernel row as at stride 1
       (10 products, not 25). XLA's costs 2-9x the conv itself, and inside a loop (the scans of
       ProPainter's propagation, E2FGVI's and RAFT's recurrences) up to 40x: a 3x3 conv of 16x16x261 -> 128 takes
@@ -68,7 +69,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     strided = tuple(window_strides) != (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1)
     plain = (target_platform() == "cpu" and lhs.ndim == 4 and not isinstance(padding, str)
              and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1 and batch_group_count == 1
-             and preferred_element_type is None and (rhs.shape[0] * rhs.shape[1] <= MAX_TAPS or strided)
+             and preferred_element_type is None
+             and (rhs.shape[0] * rhs.shape[1] <= MAX_TAPS or strided or tuple(window_strides) == (1, 1))
              and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
     if not plain:
@@ -204,7 +206,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
     else:
         dx = jax.vjp(lambda a: native(a, k), x)[1](dy)[0]
     kh, kw, cin, cout = k.shape
-    if kh * kw > MAX_TAPS:
+    if kh * kw > MAX_TAPS and strides != (1, 1):
         if (strides != (1, 1) and dilation == (1, 1) and cin >= PHASE_ROWS_MIN_CIN
                 and -(-kh // strides[0]) * -(-kw // strides[1]) <= MAX_TAPS):
             return dx, _kernel_grad_by_phase_rows(x, dy, k.shape, strides, padding, precision).astype(k.dtype)
@@ -212,7 +214,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
     n, ho, wo, _ = dy.shape
     (sh, sw), (dh, dw) = strides, dilation
     xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-    if (sh, sw) == (1, 1) and 4 * cout <= cin:
+    if (sh, sw) == (1, 1) and 4 * cout <= cin and kh * kw <= MAX_TAPS:
         # Few output channels (a decoder's last conv, 64 -> 3): shift the small output gradient to every tap
         # instead of copying the wide input nine times, and contract once. (64 -> 3 at 3 x 240x432: 0.47 -> 0.12 s)
         hp, wp = xp.shape[1:3]

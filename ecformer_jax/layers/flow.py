@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecformer_jax.layers.checks import check_video
+from ecformer_jax.layers.conv import conv_general_dilated
 from ecformer_jax.layers.resize import avg_pool2d, upsample_bilinear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -158,7 +159,8 @@ class SPyNetBasicModule(nn.Module):
     def __call__(self, x):
         for j, features in enumerate(SPYNET_CHANNELS):
             x = nn.Conv(features, (7, 7), padding=((3, 3), (3, 3)), dtype=self.dtype,
-                        kernel_init=_torch_default_init, name=f"conv{j}")(x)
+                        kernel_init=_torch_default_init, name=f"conv{j}",
+                        conv_general_dilated=conv_general_dilated)(x)
             if j < len(SPYNET_CHANNELS) - 1:
                 x = jax.nn.relu(x)
         return x
