@@ -48,7 +48,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     - kernel gradient: at stride 1 (any kernel size) one matrix product per kernel row, the input's row
       window times the output gradient shifted to every column tap, a few output rows at a time so that the
       copies stay in the cache (CHUNK_BYTES; at most MAX_TAPS taps and few output channels: one product with the
-      output gradient shifted to every tap; SPyNet's 7x7 convs: its forward + backward 192 -> 151 ms); strided
+      output gradient shifted to every tap; SPyNet's 7x7 convs: its forward + backward 192 -> 152 ms); strided
       (at most MAX_TAPS taps), one product per tap, the strided shifted input transposed times the output
       gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
       and at least PHASE_ROWS_MIN_CIN input channels: per input phase, one product per kernel row as at stride 1
