@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.layers.tiling import target_platform
@@ -37,6 +38,9 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 PHASE_ROWS_MIN_CIN = 64  # a strided 5x5 conv's kernel gradient by phase and kernel row from this many input channels
 CHUNK_BYTES = 3 << 19  # input per row chunk of a stride-1 kernel gradient (1.5 MiB: in the cache, not memory)
 MAX_TAPS = 9  # strided kernels with more taps (RAFT's 7x7 stem) keep XLA's kernel gradient: 49 products compile slowly
+# a stride-1 kernel with more taps takes the row products only from this many multiply-adds (5 of SPyNet's 30 convs:
+# its gradient compiles in 6.3 s, 4.8 with XLA's everywhere, 10.3 with the row products everywhere)
+LARGE_KERNEL_MIN_MACS = 1 << 28
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -48,7 +52,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     - kernel gradient: at stride 1 (any kernel size) one matrix product per kernel row, the input's row
       window times the output gradient shifted to every column tap, a few output rows at a time so that the
       copies stay in the cache (CHUNK_BYTES; at most MAX_TAPS taps and few output channels: one product with the
-      output gradient shifted to every tap; SPyNet's 7x7 convs: its forward + backward 192 -> 152 ms); strided
+      output gradient shifted to every tap; more than MAX_TAPS taps from LARGE_KERNEL_MIN_MACS multiply-adds:
+      SPyNet's forward + backward at E2FGVI's shapes 192 -> 170 ms); strided
       (at most MAX_TAPS taps), one product per tap, the strided shifted input transposed times the output
       gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
       and at least PHASE_ROWS_MIN_CIN input channels: per input phase, one product per kernel row as at stride 1
@@ -67,10 +72,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                 feature_group_count=feature_group_count, batch_group_count=batch_group_count, precision=precision,
                 preferred_element_type=preferred_element_type)
     strided = tuple(window_strides) != (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1)
+    large_by_rows = tuple(window_strides) == (1, 1) and lhs.ndim == 4 and rhs.ndim == 4 and (
+        np.prod(lhs.shape[:-1]) * np.prod(rhs.shape) >= LARGE_KERNEL_MIN_MACS)  # stride 1: output ~ input pixels
     plain = (target_platform() == "cpu" and lhs.ndim == 4 and not isinstance(padding, str)
              and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1 and batch_group_count == 1
              and preferred_element_type is None
-             and (rhs.shape[0] * rhs.shape[1] <= MAX_TAPS or strided or tuple(window_strides) == (1, 1))
+             and (rhs.shape[0] * rhs.shape[1] <= MAX_TAPS or strided or large_by_rows)
              and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
     if not plain:
@@ -207,7 +214,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
         dx = jax.vjp(lambda a: native(a, k), x)[1](dy)[0]
     kh, kw, cin, cout = k.shape
     if kh * kw > MAX_TAPS and strides != (1, 1):
-        if (strides != (1, 1) and dilation == (1, 1) and cin >= PHASE_ROWS_MIN_CIN
+        if (dilation == (1, 1) and cin >= PHASE_ROWS_MIN_CIN
                 and -(-kh // strides[0]) * -(-kw // strides[1]) <= MAX_TAPS):
             return dx, _kernel_grad_by_phase_rows(x, dy, k.shape, strides, padding, precision).astype(k.dtype)
         return dx, jax.vjp(lambda b: native(x, b), k)[1](dy)[0]
