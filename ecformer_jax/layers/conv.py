@@ -49,13 +49,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """jax.lax.conv_general_dilated; for the CPU target a plain 2-D NHWC / HWIO conv (explicit padding, any
     stride and dilation, no groups) gets a gradient that XLA's CPU backend runs faster than its own:
 
-    - kernel gradient: at stride 1 (any kernel size) one matrix product per kernel row, the input's row
-      window times the output gradient shifted to every column tap, a few output rows at a time so that the
-      copies stay in the cache (CHUNK_BYTES; at most MAX_TAPS taps and few output channels: one product with the
-      output gradient shifted to every tap; more than MAX_TAPS taps from LARGE_KERNEL_MIN_MACS multiply-adds:
-      SPyNet's forward + backward at E2FGVI's shapes 192 -> 170 ms); strided
-      (at most MAX_TAPS taps), one product per tap, the strided shifted input transposed times the output
-      gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
+    - kernel gradient: at stride 1 one matrix product per kernel row, the input's row window times the output
+      gradient shifted to every column tap, a few output rows at a time so that the copies stay in the cache
+      (CHUNK_BYTES; at most MAX_TAPS taps and few output channels: one product with the output gradient shifted to
+      every tap; more than MAX_TAPS taps only from LARGE_KERNEL_MIN_MACS multiply-adds, SPyNet's forward + backward
+      at E2FGVI's shapes 192 -> 170 ms); strided (at most MAX_TAPS taps), one product per tap, the strided shifted
+      input transposed times the output gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
       and at least PHASE_ROWS_MIN_CIN input channels: per input phase, one product per kernel row as at stride 1
       (10 products, not 25). XLA's costs 2-9x the conv itself, and inside a loop (the scans of
       ProPainter's propagation, E2FGVI's and RAFT's recurrences) up to 40x: a 3x3 conv of 16x16x261 -> 128 takes
