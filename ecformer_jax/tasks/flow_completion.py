@@ -312,10 +312,8 @@ def make_train_step(config, built: Built):
             return sum(terms.values()), terms
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-        updates, g_opt = tx.update(grads, state.g_opt, state.g_params)
-        params = optax.apply_updates(state.g_params, updates)
         g_norm = optax.tree.norm(grads)
-        new = guarded_update(state, all_finite(loss, g_norm), g_params=params, g_opt=g_opt)
+        new = guarded_update(state, all_finite(loss, g_norm), tx, {"g": grads})
         return new, {"g_loss": loss, **terms, "g_grad_norm": g_norm, "lr": lr_fn(state.step)}
 
     return train_step

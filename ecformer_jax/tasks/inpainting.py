@@ -305,10 +305,8 @@ def make_train_step(config, built: Models):
             (g_loss, terms), (d_pred, d_flows) = jax.value_and_grad(
                 reconstruction, argnums=(0, 1), has_aux=True)(pred_d, flows)
             (g_grads,) = g_vjp((d_pred.reshape(pred.shape), d_flows))
-            g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
             g_norm = optax.tree.norm(g_grads)
-            new_state = guarded_update(state, all_finite(g_loss, g_norm),
-                                       g_params=optax.apply_updates(state.g_params, g_updates), g_opt=g_opt)
+            new_state = guarded_update(state, all_finite(g_loss, g_norm), tx, {"g": g_grads})
             return new_state, {"g_loss": g_loss, **terms, "g_grad_norm": g_norm, "lr": lr_fn(state.step)}
 
         # --- discriminator step ------------------------------------------------------------------
@@ -318,8 +316,9 @@ def make_train_step(config, built: Models):
             return losses.discriminator_loss(real, fake, cl.gan_type), spectral
 
         (d_loss, spectral), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
-        d_updates, d_opt = tx.update(d_grads, state.d_opt, state.d_params)
-        d_params = gathered_once(optax.apply_updates(state.d_params, d_updates))  # used again below: whole under FSDP
+        # the updated D for the generator's adversarial term (the state's D takes the same step under the guard below)
+        d_updates, _ = tx.update(d_grads, state.d_opt, state.d_params)
+        d_params = gathered_once(optax.apply_updates(state.d_params, d_updates))  # whole under FSDP
 
         # --- generator step (adversarial term with the updated D) ---------------------------------
         def g_loss_fn(pred_d, flows):
@@ -331,12 +330,9 @@ def make_train_step(config, built: Models):
         (g_loss, (terms, spectral)), (d_pred, d_flows) = jax.value_and_grad(
             g_loss_fn, argnums=(0, 1), has_aux=True)(pred_d, flows)
         (g_grads,) = g_vjp((d_pred.reshape(pred.shape), d_flows))
-        g_updates, g_opt = tx.update(g_grads, state.g_opt, state.g_params)
-        g_params = optax.apply_updates(state.g_params, g_updates)
-
         g_norm, d_norm = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
-        new_state = guarded_update(state, all_finite(g_loss, d_loss, g_norm, d_norm), g_params=g_params,
-                                   d_params=d_params, d_spectral=spectral, g_opt=g_opt, d_opt=d_opt)
+        new_state = guarded_update(state, all_finite(g_loss, d_loss, g_norm, d_norm), tx,
+                                   {"g": g_grads, "d": d_grads}, d_spectral=spectral)
         metrics = {"g_loss": g_loss, "d_loss": d_loss, **terms, "g_grad_norm": g_norm, "d_grad_norm": d_norm,
                    "lr": lr_fn(state.step)}
         return new_state, metrics

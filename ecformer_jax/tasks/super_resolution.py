@@ -236,11 +236,8 @@ def make_train_step(config, model):
             return cl.weight * pixel_loss(out, hr, cl.kind, cl.eps, cl.reduction), out
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-        updates, g_opt = tx.update(grads, state.g_opt, state.g_params)
-        g_params = optax.apply_updates(state.g_params, updates)
-
         g_norm = optax.tree.norm(grads)
-        new_state = guarded_update(state, all_finite(loss, g_norm), g_params=g_params, g_opt=g_opt)
+        new_state = guarded_update(state, all_finite(loss, g_norm), tx, {"g": grads})
         metrics = {"g_loss": loss, "l1": jnp.mean(jnp.abs(out - hr)), "psnr": batch_psnr(out, hr),
                    "g_grad_norm": g_norm, "lr": lr_fn(state.step), "spynet_lr": spy_fn(state.step)}
         return new_state, metrics

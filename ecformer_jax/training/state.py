@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from ecformer_jax.run_once import run_once
 from ecformer_jax.training import sharding as shd
@@ -28,14 +29,34 @@ def all_finite(*values) -> jax.Array:
     return finite
 
 
-def guarded_update(state, finite, **updates):
-    """The non-finite guard: `state` one step on, with the fields in `updates` taken only when this step is
-    finite and no earlier step failed; otherwise the old fields are kept and bad_step records this step."""
+def guarded_update(state, finite, tx=None, grads=None, **updates):
+    """The non-finite guard: `state` one step on, with its changes taken only when this step is finite and no
+    earlier step failed; otherwise the old fields are kept and bad_step records this step.
+
+    `grads` maps a prefix ('g', 'd') to gradients: state.<prefix>_params and <prefix>_opt then take `tx`'s step
+    on them. That step runs inside a lax.cond on the guard, not beside it: selecting between the new and the old
+    trees with jnp.where keeps both and cost XLA's CPU backend 3-4x the optimizer step itself (E2FGVI's 41.8 M
+    parameters: ~160 against ~45 ms). The other `updates` (small: spectral-norm vectors) are selected."""
     ok = finite & (state.bad_step < 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    return state.replace(
-        step=state.step + 1, **{k: keep(v, getattr(state, k)) for k, v in updates.items()},
-        bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
+    fields = {k: keep(v, getattr(state, k)) for k, v in updates.items()}
+    if grads:
+        operands = {p: (g, getattr(state, f"{p}_opt"), getattr(state, f"{p}_params")) for p, g in grads.items()}
+
+        def take_step(operands):
+            out = {}
+            for p, (g, opt, params) in operands.items():
+                steps, opt = tx.update(g, opt, params)
+                out[f"{p}_params"], out[f"{p}_opt"] = optax.apply_updates(params, steps), opt
+            return out
+
+        def unchanged(operands):
+            return {k: v for p, (_, opt, params) in operands.items()
+                    for k, v in ((f"{p}_params", params), (f"{p}_opt", opt))}
+
+        fields.update(jax.lax.cond(ok, take_step, unchanged, operands))
+    return state.replace(step=state.step + 1, **fields,
+                         bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
 
 
 def check_finite(state):
