@@ -3,14 +3,17 @@ equivalence, data parallel and FSDP over processes: test_resume_multiprocess.py)
 from __future__ import annotations
 
 import chex
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ecformer_jax import configs, models, tasks
 from ecformer_jax.training import sharding as shd
 from ecformer_jax.training.loop import setup
-from ecformer_jax.training.state import NonFiniteError, check_finite
+from ecformer_jax.training.state import NonFiniteError, all_finite, check_finite, guarded_update
 from tests.training import helpers
 
 
@@ -18,6 +21,42 @@ def _setup(c, mesh=None):
     mesh = mesh or shd.make_mesh(1)
     _, state, _, step = setup(c, tasks.for_config(c), mesh)
     return state, step, mesh
+
+
+@flax.struct.dataclass
+class _State:
+    step: jax.Array
+    bad_step: jax.Array
+    g_params: dict
+    g_opt: object
+    d_params: dict
+    d_opt: object
+    d_spectral: jax.Array
+
+
+def test_guard_takes_the_optimizer_step_only_when_finite():
+    tx = optax.adam(0.1, b1=0.0, b2=0.99)
+    g_params, d_params = {"w": jnp.arange(6.0).reshape(2, 3)}, {"k": jnp.ones((4,))}
+    state = _State(jnp.int32(3), jnp.int32(-1), g_params, tx.init(g_params), d_params, tx.init(d_params), jnp.zeros(2))
+    grads = {"g": {"w": jnp.full((2, 3), 0.5)}, "d": {"k": jnp.array([1.0, -2.0, 3.0, -4.0])}}
+    step = jax.jit(lambda st, finite: guarded_update(st, finite, tx, grads, d_spectral=jnp.ones(2)))
+
+    new = step(state, all_finite(jnp.float32(1.0), jnp.float32(2.0)))
+    for p in ("g", "d"):  # exactly optax's step
+        want_steps, want_opt = tx.update(grads[p], getattr(state, f"{p}_opt"), getattr(state, f"{p}_params"))
+        chex.assert_trees_all_equal(getattr(new, f"{p}_params"),
+                                    optax.apply_updates(getattr(state, f"{p}_params"), want_steps))
+        chex.assert_trees_all_equal(getattr(new, f"{p}_opt"), want_opt)
+    np.testing.assert_array_equal(new.d_spectral, np.ones(2))
+    assert int(new.step) == 4 and int(new.bad_step) == -1
+
+    bad = step(state, all_finite(jnp.float32(1.0), jnp.float32(np.nan)))
+    chex.assert_trees_all_equal((bad.g_params, bad.g_opt, bad.d_params, bad.d_opt, bad.d_spectral),
+                                (state.g_params, state.g_opt, state.d_params, state.d_opt, state.d_spectral))
+    assert int(bad.step) == 4 and int(bad.bad_step) == 3
+    after = step(bad, jnp.bool_(True))  # a finite step after a bad one changes nothing either
+    chex.assert_trees_all_equal(after.g_params, state.g_params)
+    assert int(after.bad_step) == 3
 
 
 # The generators without official weights (issue 6) must learn on a fixed synthetic clip (STTN's training is
