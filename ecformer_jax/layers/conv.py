@@ -41,6 +41,7 @@ MAX_TAPS = 9  # strided kernels with more taps (RAFT's 7x7 stem) keep XLA's kern
 # a stride-1 kernel with more taps takes the row products only from this many multiply-adds (5 of SPyNet's 30 convs:
 # its gradient compiles in 6.3 s, 4.8 with XLA's everywhere, 10.3 with the row products everywhere)
 LARGE_KERNEL_MIN_MACS = 1 << 28
+SHIFTED_MAX_COUT = 16  # a stride-1 kernel gradient shifts the output gradient to every tap up to this many outputs
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -51,10 +52,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
     - kernel gradient: at stride 1 one matrix product per kernel row, the input's row window times the output
       gradient shifted to every column tap, a few output rows at a time so that the copies stay in the cache
-      (CHUNK_BYTES; at most MAX_TAPS taps and few output channels: one product with the output gradient shifted to
-      every tap; more than MAX_TAPS taps only from LARGE_KERNEL_MIN_MACS multiply-adds, SPyNet's forward + backward
-      at E2FGVI's shapes 192 -> 170 ms); strided (at most MAX_TAPS taps), one product per tap, the strided shifted
-      input transposed times the output gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
+      (CHUNK_BYTES; at most MAX_TAPS taps, at most SHIFTED_MAX_COUT output channels and 4x as many inputs: one
+      product with the output gradient shifted to every tap; more than MAX_TAPS taps only from
+      LARGE_KERNEL_MIN_MACS multiply-adds, SPyNet's forward + backward at E2FGVI's shapes 192 -> 170 ms);
+      strided (at most MAX_TAPS taps), one product per tap, the strided shifted input transposed times the output
+      gradient. A strided kernel with more taps (the discriminators' 5x5, stride 2)
       and at least PHASE_ROWS_MIN_CIN input channels: per input phase, one product per kernel row as at stride 1
       (10 products, not 25). XLA's costs 2-9x the conv itself, and inside a loop (the scans of
       ProPainter's propagation, E2FGVI's and RAFT's recurrences) up to 40x: a 3x3 conv of 16x16x261 -> 128 takes
@@ -220,9 +222,11 @@ def _conv_nhwc_bwd(strides, padding, dilation, precision, residuals, dy):
     n, ho, wo, _ = dy.shape
     (sh, sw), (dh, dw) = strides, dilation
     xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
-    if (sh, sw) == (1, 1) and 4 * cout <= cin and kh * kw <= MAX_TAPS:
+    if (sh, sw) == (1, 1) and cout <= SHIFTED_MAX_COUT and 4 * cout <= cin and kh * kw <= MAX_TAPS:
         # Few output channels (a decoder's last conv, 64 -> 3): shift the small output gradient to every tap
-        # instead of copying the wide input nine times, and contract once. (64 -> 3 at 3 x 240x432: 0.47 -> 0.12 s)
+        # instead of copying the wide input nine times, and contract once. (64 -> 3 at 3 x 240x432: 0.47 -> 0.12 s;
+        # against the row chunks, ms: 64 -> 3 at 2 x 240x432 44 vs 50, 256 -> 16 at 2 x 60x108 6.9 vs 12.5, but
+        # 512 -> 128 at 2 x 60x108 82-101 vs 68, 256 -> 24 21 vs 15, 64 -> 16 at 2 x 120x216 28 vs 14)
         hp, wp = xp.shape[1:3]
         zero = jnp.zeros((), dy.dtype)
         shifted = [jax.lax.pad(dy, zero, ((0, 0, 0), (i * dh, hp - ho - i * dh, 0), (j * dw, wp - wo - j * dw, 0),
