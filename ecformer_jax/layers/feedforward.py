@@ -8,8 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecformer_jax.layers.conv import normal_init
-from ecformer_jax.layers.patches import fold, grid_size, overlap_count, unfold
+from ecformer_jax.layers.patches import PatchDense, fold, grid_size, overlap_count, unfold
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
 
@@ -40,9 +39,8 @@ class FusionFeedForward(nn.Module):
             raise ValueError(f"FusionFeedForward: activation must be one of {sorted(ACTIVATIONS)}; "
                              f"got {self.activation!r}")
         nh, nw = grid_size(*feature_size, k, s, p)
-        y = nn.Dense(self.ffn_hidden, dtype=self.dtype, kernel_init=normal_init, name="fc1")(x)
+        y = PatchDense(self.ffn_hidden, k * k, "out", self.dtype, name="fc1")(x)
         y = fold(y.reshape(-1, nh, nw, self.ffn_hidden), feature_size, k, s, p)
         y = y / jnp.asarray(overlap_count(feature_size, k, s, p), y.dtype)
         y = unfold(y, k, s, p).reshape(*x.shape[:-1], self.ffn_hidden)
-        return nn.Dense(self.dim, dtype=self.dtype, kernel_init=normal_init, name="fc2")(
-            ACTIVATIONS[self.activation](y))
+        return PatchDense(self.dim, k * k, "in", self.dtype, name="fc2")(ACTIVATIONS[self.activation](y))

@@ -1,9 +1,13 @@
-"""Unfold / fold (nn.Unfold / nn.Fold) on NHWC maps, with PyTorch's channel-major patch features.
+"""Unfold / fold (nn.Unfold / nn.Fold) on NHWC maps, tap-major, and the Linear layer beside them.
 
-`unfold(x, k, s, p)` turns (N, H, W, C) into (N, nh, nw, C * k * k) where the feature index is
-c * k * k + ky * k + kx, exactly the order of PyTorch's nn.Unfold. `fold` is its adjoint: it sums
-the overlapping contributions back onto the (N, H, W, C) map (nn.Fold).
-Both are built from strided slices / padding only, so they are exact and cheap. Each one's VJP is the
+`unfold(x, k, s, p)` turns (N, H, W, C) into (N, nh, nw, k * k * C) where the feature index is
+(ky * k + kx) * C + c: each tap's C channels side by side, so building it is k * k contiguous copies.
+PyTorch's nn.Unfold orders the same features channel-major (c * k * k + ky * k + kx), a k * k-way interleave
+(7x slower on the CPU, and on a TPU a k * k-wide minor axis before the reshape). `fold` is unfold's adjoint: it
+sums the overlapping contributions of tap-major patches back onto the (N, H, W, C) map (nn.Fold).
+`PatchDense` is the official Linear that reads or writes such patches: its parameters keep PyTorch's
+channel-major order (checkpoints convert unchanged) and are permuted to the tap-major order where they are used.
+unfold and fold are built from strided slices / padding only, so they are exact and cheap. Each one's VJP is the
 other one (they are adjoint linear maps), given explicitly through `jax.custom_vjp`: XLA's CPU backend
 otherwise differentiates the 49 strided slices / interior pads into 49 full-size strided copies, which
 made their backward ~8x slower than their forward (FuseFormer / DSTT training steps).
@@ -11,6 +15,7 @@ made their backward ~8x slower than their forward (FuseFormer / DSTT training st
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,7 +36,7 @@ def unfold(x, kernel: int, stride: int, padding: int):
 
 
 def fold(patches, output_size: tuple[int, int], kernel: int, stride: int, padding: int):
-    """patches (N, nh, nw, C * k * k) channel-major -> (N, H, W, C), overlaps summed."""
+    """patches (N, nh, nw, k * k * C) tap-major -> (N, H, W, C), overlaps summed."""
     n, nh, nw, f = patches.shape
     h, w = output_size
     if (nh, nw) != grid_size(h, w, kernel, stride, padding):
@@ -89,8 +94,7 @@ def _unfold(x, kernel: int, stride: int, padding: int):
                     (1, stride, stride, 1),
                 )
             )
-    patches = jnp.stack(taps, axis=-1)  # (n, nh, nw, c, k*k): channel-major
-    return patches.reshape(n, nh, nw, c * kernel * kernel)
+    return jnp.concatenate(taps, axis=-1)  # (n, nh, nw, k*k * c): tap-major
 
 
 def _fold(patches, output_size: tuple[int, int], kernel: int, stride: int, padding: int):
@@ -105,7 +109,7 @@ def _fold(patches, output_size: tuple[int, int], kernel: int, stride: int, paddi
     h, w = output_size
     s, k = stride, kernel
     c = f // (k * k)
-    taps = jnp.moveaxis(patches.reshape(n, nh, nw, c, k * k), -1, 0)  # lane-dense taps (c minor) on a TPU
+    taps = patches.reshape(n, nh, nw, k * k, c)  # tap-major: each tap's channels contiguous (lane-dense on a TPU)
     shifts = -(-k // s)
     gh, gw = nh + shifts - 1, nw + shifts - 1
     zero = jnp.zeros((), patches.dtype)
@@ -118,7 +122,7 @@ def _fold(patches, output_size: tuple[int, int], kernel: int, stride: int, paddi
                 for kx in range(rx, k, s):
                     a, b = ky // s, kx // s
                     cfg = ((0, 0, 0), (a, gh - nh - a, 0), (b, gw - nw - b, 0), (0, 0, 0))
-                    tap = lax.pad(taps[ky * k + kx], zero, cfg)
+                    tap = lax.pad(taps[:, :, :, ky * k + kx], zero, cfg)
                     acc = tap if acc is None else acc + tap
             phases.append(acc if acc is not None else jnp.zeros((n, gh, gw, c), patches.dtype))
         rows.append(jnp.stack(phases, axis=3))  # (n, gh, gw, s, c)
@@ -139,6 +143,33 @@ def overlap_count(output_size: tuple[int, int], kernel: int, stride: int, paddin
     return count[padding : padding + h, padding : padding + w, None]
 
 
+class PatchDense(nn.Module):
+    """nn.Dense (the same parameters: "kernel" (in, out), "bias" (out,), the official init) whose input
+    (`patches="in"`) or output (`patches="out"`) features are `taps` = k * k patches: the parameters keep PyTorch's
+    channel-major feature order (c * taps + tap), in which the converter writes them, and are permuted at use to
+    the tap-major order (tap * C + c) of `unfold` / `fold`."""
+
+    features: int
+    taps: int
+    patches: str  # "in" | "out"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if self.patches not in ("in", "out"):
+            raise ValueError(f"PatchDense: patches must be 'in' or 'out'; got {self.patches!r}")
+        kernel = self.param("kernel", normal_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        kk = self.taps
+        if self.patches == "in":
+            kernel = kernel.reshape(-1, kk, self.features).swapaxes(0, 1).reshape(x.shape[-1], self.features)
+        else:
+            kernel = kernel.reshape(x.shape[-1], -1, kk).swapaxes(1, 2).reshape(x.shape[-1], self.features)
+            bias = bias.reshape(-1, kk).T.reshape(self.features)
+        y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        return y + bias.astype(self.dtype)
+
+
 # --- FuseFormer's soft split / soft composition (tokens <-> feature maps, learned) ----------------------------
 def soft_split(module: nn.Module, features, hidden: int, base_size, k: int, s: int, p: int, dtype):
     """Soft split inside `module`'s compact call: overlapping k x k patches of features (N, h, w, C) ->
@@ -146,7 +177,7 @@ def soft_split(module: nn.Module, features, hidden: int, base_size, k: int, s: i
     Returns tokens (N, nh, nw, hidden). FuseFormer's; shared with the token-mixer generators."""
     nh, nw = grid_size(features.shape[1], features.shape[2], k, s, p)
     nh0, nw0 = grid_size(base_size[0] // 4, base_size[1] // 4, k, s, p)
-    tokens = nn.Dense(hidden, dtype=dtype, kernel_init=normal_init, name="ss")(unfold(features, k, s, p))
+    tokens = PatchDense(hidden, k * k, "in", dtype, name="ss")(unfold(features, k, s, p))
     pos = module.param("pos_emb", normal_init, (nh0, nw0, hidden), jnp.float32)
     if (nh, nw) != (nh0, nw0):
         pos = upsample_bilinear(pos, (nh, nw), align_corners=False)
@@ -159,7 +190,7 @@ def soft_composition(module: nn.Module, tokens, size, channels: int, base_size, 
     (learned for `base_size` frames, bilinearly resized for other sizes). Returns (N, h, w, channels)."""
     h, w = size
     bh, bw = base_size[0] // 4, base_size[1] // 4
-    patches = nn.Dense(channels * k * k, dtype=dtype, kernel_init=normal_init, name="sc")(tokens)
+    patches = PatchDense(channels * k * k, k * k, "out", dtype, name="sc")(tokens)
     sc = fold(patches, (h, w), k, s, p)
     bias = module.param("sc_bias", nn.initializers.zeros, (bh, bw, channels), jnp.float32)
     if (h, w) != (bh, bw):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from ecformer_jax.layers.attention import dot_product_attention, merge_heads, split_heads
 from ecformer_jax.layers.checks import check_video
 from ecformer_jax.layers.conv import Decoder, conv2d, decoder_from_torch, grouped_concat, leaky_relu, normal_init
-from ecformer_jax.layers.patches import fold, grid_size
+from ecformer_jax.layers.patches import PatchDense, fold, grid_size
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.models.registry import ProtocolDefaults, SizeRule, register
 
@@ -95,8 +95,8 @@ class DSTT(nn.Module):
                                name=f"block{i}")(tokens, t)
             self.sow("intermediates", f"transformer.{i}", tokens)
 
-        # de-tokeniser: linear to channel-major k x k patches, overlaps summed, no bias, no normalisation
-        patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="vec2patch")(tokens)
+        # de-tokeniser: linear to k x k patches, overlaps summed, no bias map, no normalisation
+        patches = PatchDense(c * k * k, k * k, "out", self.dtype, name="vec2patch")(tokens)
         trans = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
         self.sow("intermediates", "vec2patch_out", trans)
 
@@ -227,7 +227,7 @@ def from_torch(sd, model: DSTT) -> dict:
             "norm1": sd.norm(f"{p}.norm1"),
             "norm2": sd.norm(f"{p}.norm2"),
         }
-    # the 6272 outputs are already channel-major (c * 49 + ky * 7 + kx), the order `fold` expects
+    # the 6272 outputs are channel-major (c * 49 + ky * 7 + kx); PatchDense permutes them to fold's tap-major order
     params["vec2patch"] = sd.linear("vec2patch.embedding")
     params["decoder"] = decoder_from_torch(sd)
     return {"params": params}

@@ -39,11 +39,11 @@ import numpy as np
 
 from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import Decoder, Encoder, conv2d, decoder_from_torch, encoder_from_torch, normal_init
+from ecformer_jax.layers.conv import Decoder, Encoder, conv2d, decoder_from_torch, encoder_from_torch
 from ecformer_jax.layers.deform import SecondOrderDeformableAlignment, deform_align_from_torch
 from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.flow import SPyNet, flow_warp, frame_pairs, spynet_from_torch
-from ecformer_jax.layers.patches import fold, grid_size, unfold
+from ecformer_jax.layers.patches import PatchDense, fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import upsample_bilinear
 from ecformer_jax.layers.windows import FocalPool, TemporalFocalAttention, rolled_ring_indices
@@ -141,14 +141,14 @@ class E2FGVI(nn.Module):
         feat = jnp.concatenate([local_feat, enc[:, lt:]], axis=1).reshape(b * t, h, w, c)
 
         # 4. soft split -> temporal focal transformer -> soft composition (overlaps SUMMED)
-        tokens = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="ss")(unfold(feat, k, s, p))
+        tokens = PatchDense(self.hidden, k * k, "in", self.dtype, name="ss")(unfold(feat, k, s, p))
         tokens = tokens.reshape(b, t, nh, nw, self.hidden)
         block_cls = block_class(TemporalFocalBlock, self.remat, (2,))
         for i in range(self.num_blocks):
             tokens = block_cls(self.hidden, self.heads, self.window, self.focal_window, self.ffn_hidden,
                                k, s, p, self.dtype, name=f"block{i}")(tokens, (h, w))
             self.sow("intermediates", f"transformer.{i}", tokens)
-        patches = nn.Dense(c * k * k, dtype=self.dtype, kernel_init=normal_init, name="sc")(tokens)
+        patches = PatchDense(c * k * k, k * k, "out", self.dtype, name="sc")(tokens)
         sc = fold(patches.reshape(b * t, nh, nw, c * k * k), (h, w), k, s, p)
         if self.hq:
             sc = conv2d(c, 3, dtype=self.dtype, name="sc_bias_conv")(sc)  # replaces the bias (not a residual)

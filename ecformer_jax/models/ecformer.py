@@ -29,9 +29,9 @@ from ecformer_jax.errors import CheckpointError
 from ecformer_jax.layers import binary
 from ecformer_jax.layers.attention import merge_heads, split_heads, topk_attention
 from ecformer_jax.layers.checks import check_video
-from ecformer_jax.layers.conv import grouped_concat, leaky_relu, normal_init
+from ecformer_jax.layers.conv import grouped_concat, leaky_relu
 from ecformer_jax.layers.feedforward import FusionFeedForward
-from ecformer_jax.layers.patches import fold, grid_size, unfold
+from ecformer_jax.layers.patches import PatchDense, fold, grid_size, unfold
 from ecformer_jax.layers.positional import PositionalEncoding
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.models import discriminators, fuseformer
@@ -116,7 +116,7 @@ class SoftSplit(nn.Module):
 
     @nn.compact
     def __call__(self, x):  # (N, h, w, C) -> (N, nh, nw, hidden)
-        return nn.Dense(self.hidden, dtype=self.dtype, kernel_init=normal_init, name="embedding")(
+        return PatchDense(self.hidden, self.kernel ** 2, "in", self.dtype, name="embedding")(
             unfold(x, self.kernel, self.stride, self.padding))
 
 
@@ -132,7 +132,7 @@ class SoftComp(nn.Module):
     @nn.compact
     def __call__(self, tokens, output_size):  # (N, nh, nw, hidden) -> (N, h, w, C)
         k = self.kernel
-        patches = nn.Dense(self.channels * k * k, dtype=self.dtype, kernel_init=normal_init, name="embedding")(tokens)
+        patches = PatchDense(self.channels * k * k, k * k, "out", self.dtype, name="embedding")(tokens)
         y = fold(patches, tuple(output_size), k, self.stride, self.padding)
         return y + self.param("bias", nn.initializers.zeros, (self.channels,), jnp.float32).astype(self.dtype)
 

@@ -83,7 +83,7 @@ from ecformer_jax.layers.conv import (
 from ecformer_jax.layers.deform import _dcn_kernel_init, modulated_deform_conv2d
 from ecformer_jax.layers.feedforward import FusionFeedForward
 from ecformer_jax.layers.flow import flow_warp
-from ecformer_jax.layers.patches import fold, grid_size, unfold
+from ecformer_jax.layers.patches import PatchDense, fold, grid_size, unfold
 from ecformer_jax.layers.remat import block_class
 from ecformer_jax.layers.resize import resize_nearest, upsample_bilinear
 from ecformer_jax.layers.tiling import lane_dense
@@ -135,11 +135,11 @@ class InpaintGenerator(nn.Module):
         d = self.dtype
         self.encoder = block_class(Encoder, self.remat)(d)  # full-resolution activations: 128 TPU lanes for 64
         self.feat_prop_module = FeaturePropagation(CHANNELS, d)
-        self.ss = nn.Dense(self.hidden, dtype=d, kernel_init=normal_init)
+        self.ss = PatchDense(self.hidden, self.kernel * self.kernel, "in", d)
         block = block_class(TemporalSparseTransformer, self.remat, (2, 4))  # feature_size, frames: static
         self.transformers = [block(self.hidden, self.heads, self.window, self.pool, self.ffn_hidden, self.kernel,
                                    self.stride, self.padding, d) for _ in range(self.num_blocks)]
-        self.sc = nn.Dense(CHANNELS * self.kernel * self.kernel, dtype=d, kernel_init=normal_init)
+        self.sc = PatchDense(CHANNELS * self.kernel * self.kernel, self.kernel * self.kernel, "out", d)
         self.sc_bias_conv = conv2d(CHANNELS, 3, dtype=d)
         self.decoder = block_class(Decoder, self.remat)(d)
 

@@ -15,10 +15,12 @@ def test_unfold_fold_match_torch(h, w, k, s, p):
     nh, nw = grid_size(h, w, k, s, p)
     ours = np.asarray(jax.jit(unfold, static_argnums=(1, 2, 3))(x, k, s, p))  # one compile, not one per slice
     assert ours.shape == (2, nh, nw, 5 * k * k)
-    np.testing.assert_array_equal(ours.reshape(2, nh * nw, -1).transpose(0, 2, 1), ref.numpy())
+    # tap-major (tap * C + c) against PyTorch's channel-major (c * k * k + tap)
+    ours_torch_order = ours.reshape(2, nh * nw, k * k, 5).transpose(0, 3, 2, 1).reshape(2, 5 * k * k, nh * nw)
+    np.testing.assert_array_equal(ours_torch_order, ref.numpy())
 
     patches = rng.standard_normal((2, nh, nw, 5 * k * k)).astype(np.float32)
-    tp = torch.from_numpy(patches.reshape(2, nh * nw, -1).transpose(0, 2, 1).copy())
+    tp = torch.from_numpy(patches.reshape(2, nh * nw, k * k, 5).transpose(0, 3, 2, 1).reshape(2, 5 * k * k, -1).copy())
     ref_fold = F.fold(tp, (h, w), k, stride=s, padding=p).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(np.asarray(jax.jit(lambda a: fold(a, (h, w), k, s, p))(patches)), ref_fold, atol=1e-5)
 
@@ -62,14 +64,14 @@ def _fold_every_tap_padded(patches, size, k, s, p):
 
     n, nh, nw, f = patches.shape
     h, w = size
-    taps = patches.reshape(n, nh, nw, f // (k * k), k * k)
+    taps = patches.reshape(n, nh, nw, k * k, f // (k * k))  # tap-major
     out = 0
     for ky in range(k):
         for kx in range(k):
             rows = (ky, h + 2 * p - ky - s * (nh - 1) - 1, s - 1)
             cols = (kx, w + 2 * p - kx - s * (nw - 1) - 1, s - 1)
             cfg = ((0, 0, 0), rows, cols, (0, 0, 0))
-            out = out + lax.pad(taps[..., ky * k + kx], np.float32(0), cfg)
+            out = out + lax.pad(taps[:, :, :, ky * k + kx], np.float32(0), cfg)
     return out[:, p:p + h, p:p + w]
 
 
@@ -85,3 +87,33 @@ def test_fold_by_phase_is_the_same_sum(h, w, k, s, p):
     np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: fold(a, (h, w), k, s, p))(patches)), want)
     unfold_vjp = jax.jit(lambda a, g: jax.vjp(lambda b: unfold(b, k, s, p), a)[1](g)[0])
     np.testing.assert_array_equal(np.asarray(unfold_vjp(x, patches)), want)
+
+
+def test_patch_dense_keeps_pytorch_order():
+    """PatchDense holds an nn.Linear's parameters in PyTorch's channel-major patch order and applies them to
+    tap-major patches: unfold -> PatchDense("in") equals nn.Unfold -> Linear, PatchDense("out") -> fold equals
+    Linear -> nn.Fold, with the same parameters (what the converter writes)."""
+    import flax.linen as nn
+
+    from ecformer_jax.layers.patches import PatchDense
+
+    h, w, k, s, p, c, hidden = 13, 17, 3, 2, 1, 4, 6
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, h, w, c)).astype(np.float32)
+    nh, nw = grid_size(h, w, k, s, p)
+    lin_in = torch.nn.Linear(c * k * k, hidden)
+    lin_out = torch.nn.Linear(hidden, c * k * k)
+    params = lambda lin: {"params": {"kernel": lin.weight.detach().numpy().T, "bias": lin.bias.detach().numpy()}}  # noqa: E731
+    tokens = lin_in(F.unfold(torch.from_numpy(x).permute(0, 3, 1, 2), k, stride=s, padding=p).transpose(1, 2))
+    ref_tokens = tokens.detach().numpy().reshape(2, nh, nw, hidden)
+    ours_tokens = PatchDense(hidden, k * k, "in").apply(params(lin_in), unfold(x, k, s, p))
+    np.testing.assert_allclose(np.asarray(ours_tokens), ref_tokens, rtol=1e-5, atol=1e-5)
+
+    ref_map = F.fold(lin_out(tokens).transpose(1, 2), (h, w), k, stride=s, padding=p).permute(0, 2, 3, 1)
+    ours_map = fold(PatchDense(c * k * k, k * k, "out").apply(params(lin_out), ours_tokens), (h, w), k, s, p)
+    np.testing.assert_allclose(np.asarray(ours_map), ref_map.detach().numpy(), rtol=1e-5, atol=1e-5)
+    # the same parameter tree as nn.Dense (checkpoints and the converter are unchanged)
+    dense = jax.tree.map(np.shape, nn.Dense(hidden).init(jax.random.key(0), unfold(x, k, s, p)))
+    assert jax.tree.map(np.shape, PatchDense(hidden, k * k, "in").init(jax.random.key(0), unfold(x, k, s, p))) == dense
+    with pytest.raises(ValueError, match="patches must be"):
+        PatchDense(hidden, k * k, "both").init(jax.random.key(0), unfold(x, k, s, p))
