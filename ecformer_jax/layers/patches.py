@@ -158,6 +158,10 @@ class PatchDense(nn.Module):
     def __call__(self, x):
         if self.patches not in ("in", "out"):
             raise ValueError(f"PatchDense: patches must be 'in' or 'out'; got {self.patches!r}")
+        width = x.shape[-1] if self.patches == "in" else self.features
+        if width % self.taps:
+            raise ValueError(f"PatchDense: {self.patches}put features ({width}) must be a multiple of taps = "
+                             f"{self.taps} (C channels x k * k taps)")
         kernel = self.param("kernel", normal_init, (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         kk = self.taps

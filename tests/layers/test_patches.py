@@ -117,3 +117,5 @@ def test_patch_dense_keeps_pytorch_order():
     assert jax.tree.map(np.shape, PatchDense(hidden, k * k, "in").init(jax.random.key(0), unfold(x, k, s, p))) == dense
     with pytest.raises(ValueError, match="patches must be"):
         PatchDense(hidden, k * k, "both").init(jax.random.key(0), unfold(x, k, s, p))
+    with pytest.raises(ValueError, match="must be a multiple of taps"):
+        PatchDense(hidden, k * k, "out").init(jax.random.key(0), tokens.detach().numpy())
