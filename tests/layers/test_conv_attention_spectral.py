@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ecformer_jax.layers.conv as conv_module
+from ecformer_jax.layers import winograd
 from ecformer_jax.layers.attention import MultiHeadAttention, attend, dot_product_attention, merge_heads, split_heads
 from ecformer_jax.layers.conv import (
     PHASE_ROWS_MIN_CIN,
@@ -259,3 +260,62 @@ def test_attend_rejects_mismatched_shapes():
     q = np.zeros((2, 5, 8), np.float32)
     with pytest.raises(ValueError, match="do not line up"):
         attend(q, np.zeros((2, 6, 4), np.float32), np.zeros((2, 6, 4), np.float32))
+
+
+@pytest.mark.parametrize("shape, padding, forward", [
+    ((2, 6, 8, 3, 5), ((1, 1), (1, 1)), True),  # whole 2x2 output tiles
+    ((1, 7, 5, 4, 2), ((1, 1), (1, 1)), True),  # odd output sizes: the last tiles' extra outputs are cut
+    ((1, 9, 10, 3, 4), ((0, 0), (2, 1)), False),  # no / asymmetric padding; XLA's forward, Winograd's gradient
+])
+def test_winograd_conv_matches_the_direct_conv(shape, padding, forward):
+    """F(2x2, 3x3) (layers/winograd.py): the direct conv's values and both gradients (float64, inside a jitted
+    scan), and in float32 no more rounding error against float64 than the direct conv has."""
+    n, h, w, cin, cout = shape
+    rng = np.random.default_rng(7)
+    x, k = rng.standard_normal((3, n, h, w, cin)), rng.standard_normal((3, 3, cin, cout))
+    direct = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), padding,  # noqa: E731
+                                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda a, b: winograd.conv3x3(a, b, padding, None, forward)  # noqa: E731
+
+    def loss(conv):
+        def run(x, k):
+            total, ys = jax.lax.scan(lambda c, f: (c + jnp.sum(jnp.sin(conv(f, k))), None), 0.0, x)
+            return total
+        return jax.jit(jax.value_and_grad(run, argnums=(0, 1)))
+
+    with jax.enable_x64(True):
+        x, k = jnp.asarray(x), jnp.asarray(k)
+        want, got = loss(direct)(x, k), loss(ours)(x, k)
+        assert got[0].dtype == jnp.float64
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        for g, r in zip(got[1], want[1]):
+            np.testing.assert_allclose(g, r, rtol=1e-11, atol=1e-11)
+        x64 = jnp.asarray(rng.standard_normal((2, 16, 20, 64)))
+        k64 = jnp.asarray(rng.standard_normal((3, 3, 64, 48)) / 24)
+        exact = direct(x64, k64)
+    x32, k32 = x64.astype(jnp.float32), k64.astype(jnp.float32)
+    err = lambda y: float(jnp.max(jnp.abs(y.astype(jnp.float64) - exact)))  # noqa: E731
+    assert err(winograd.conv3x3(x32, k32, padding)) <= 2 * err(direct(x32, k32)) + 1e-7
+
+
+def test_cpu_convs_take_winograd_by_channels(monkeypatch):
+    """conv_general_dilated sends a stride-1 3x3 float conv to Winograd on the CPU from WINOGRAD_GRAD_MIN input x
+    output channels (its forward from WINOGRAD_FORWARD_MIN), not strided, dilated, 5x5, bfloat16 or TPU ones."""
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(conv_module, "WINOGRAD_GRAD_MIN", 4 * 6)
+    monkeypatch.setattr(conv_module, "WINOGRAD_FORWARD_MIN", 6 * 6)
+    pad = ((1, 1), (1, 1))
+
+    def run(cin, cout, kernel=3, stride=1, dilation=1, dtype=jnp.float32):
+        x, k = jnp.ones((1, 8, 8, cin), dtype), jnp.ones((kernel, kernel, cin, cout), dtype)
+        jax.eval_shape(lambda a, b: conv_general_dilated(a, b, (stride, stride), pad, rhs_dilation=(dilation,) * 2,
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)
+        return calls.pop() if calls else None
+
+    assert run(6, 6) is True and run(4, 6) is False and run(3, 6) is None
+    assert run(6, 6, stride=2) is None and run(6, 6, dilation=2) is None and run(6, 6, kernel=5) is None
+    assert run(6, 6, dtype=jnp.bfloat16) is None
+    with on_platform("tpu"):
+        assert run(6, 6) is None
