@@ -47,6 +47,9 @@ SHIFTED_MAX_COUT = 16  # a stride-1 kernel gradient shifts the output gradient t
 # channels, and for its forward too from WINOGRAD_FORWARD_MIN (below it the transforms cost more than they save)
 WINOGRAD_GRAD_MIN = 64 * 128
 WINOGRAD_FORWARD_MIN = 128 * 256
+# ... and only from this many multiply-adds: smaller convs take a few ms, less than the ~0.6 s its transforms add to
+# the compile (the tests' tiny configs stay on the direct conv; every encoder conv of a 432x240 clip takes it)
+WINOGRAD_MIN_MACS = 1 << 30
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -57,7 +60,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
     - a stride-1, undilated 3x3 float conv with at least WINOGRAD_GRAD_MIN input x output channels: Winograd's
       F(2x2, 3x3) for both gradients (layers/winograd.py: 2.25x fewer multiplications; forward + backward
-      1.2-1.7x faster from 64 x 128 channels, slower at 64 x 64), from WINOGRAD_FORWARD_MIN for the forward too.
+      1.0-1.7x faster from 64 x 128 channels, slower at 64 x 64), from WINOGRAD_FORWARD_MIN for the forward too,
+      and only from WINOGRAD_MIN_MACS multiply-adds.
     - kernel gradient: at stride 1 one matrix product per kernel row, the input's row window times the output
       gradient shifted to every column tap, a few output rows at a time so that the copies stay in the cache
       (CHUNK_BYTES; at most MAX_TAPS taps, at most SHIFTED_MAX_COUT output channels and 4x as many inputs: one
@@ -93,6 +97,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         return jax.lax.conv_general_dilated(lhs, rhs, **args)
     channels = rhs.shape[2] * rhs.shape[3]
     if (tuple(window_strides) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1) and channels >= WINOGRAD_GRAD_MIN
+            and np.prod(lhs.shape[:-1]) * np.prod(rhs.shape) >= WINOGRAD_MIN_MACS
             and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype
             and winograd.supported(lhs.shape, rhs.shape, padding)):
         return winograd.conv3x3(lhs, rhs, tuple(tuple(p) for p in padding), precision,

@@ -300,12 +300,14 @@ def test_winograd_conv_matches_the_direct_conv(shape, padding, forward):
 
 def test_cpu_convs_take_winograd_by_channels(monkeypatch):
     """conv_general_dilated sends a stride-1 3x3 float conv to Winograd on the CPU from WINOGRAD_GRAD_MIN input x
-    output channels (its forward from WINOGRAD_FORWARD_MIN), not strided, dilated, 5x5, bfloat16 or TPU ones."""
+    output channels (its forward from WINOGRAD_FORWARD_MIN) and WINOGRAD_MIN_MACS multiply-adds, not strided,
+    dilated, 5x5, bfloat16 or TPU ones."""
     calls = []
     real = winograd.conv3x3
     monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[-1]) or real(*a))
     monkeypatch.setattr(conv_module, "WINOGRAD_GRAD_MIN", 4 * 6)
     monkeypatch.setattr(conv_module, "WINOGRAD_FORWARD_MIN", 6 * 6)
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 8 * 8 * 9 * 4 * 6)
     pad = ((1, 1), (1, 1))
 
     def run(cin, cout, kernel=3, stride=1, dilation=1, dtype=jnp.float32):
@@ -317,5 +319,7 @@ def test_cpu_convs_take_winograd_by_channels(monkeypatch):
     assert run(6, 6) is True and run(4, 6) is False and run(3, 6) is None
     assert run(6, 6, stride=2) is None and run(6, 6, dilation=2) is None and run(6, 6, kernel=5) is None
     assert run(6, 6, dtype=jnp.bfloat16) is None
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 8 * 8 * 9 * 6 * 6 + 1)
+    assert run(6, 6) is None
     with on_platform("tpu"):
         assert run(6, 6) is None
