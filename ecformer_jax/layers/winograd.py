@@ -33,34 +33,38 @@ def _phases(x, axis):
             jax.lax.index_in_dim(x, 1, axis + 1, keepdims=False))
 
 
-def _shift(x, axis, start, size):
-    return jax.lax.slice_in_dim(x, start, start + size, axis=axis)
+def _interleave(even, odd, axis):
+    """The inverse of _phases: rows of even and odd alternating along axis."""
+    y = jnp.stack([even, odd], axis=axis + 1)
+    return y.reshape(y.shape[:axis] + (-1,) + y.shape[axis + 2:])
+
+
+def _pad_rows(v, axis, lo, hi):
+    config = [(0, 0, 0)] * v.ndim
+    config[axis] = (lo, hi, 0)
+    return jax.lax.pad(v, jnp.zeros((), v.dtype), config)
 
 
 def _input_transform_1d(x, axis, tiles):
     """B^T d along axis: x holds 2 * tiles + 2 rows; -> 4 arrays of `tiles` rows (the tiles' d0 - d2,
     d1 + d2, d2 - d1, d1 - d3 with d_a = row 2t + a)."""
     e, o = _phases(x, axis)
-    e0, e1 = _shift(e, axis, 0, tiles), _shift(e, axis, 1, tiles)
-    o0, o1 = _shift(o, axis, 0, tiles), _shift(o, axis, 1, tiles)
+    e0, e1 = (jax.lax.slice_in_dim(e, s, s + tiles, axis=axis) for s in (0, 1))
+    o0, o1 = (jax.lax.slice_in_dim(o, s, s + tiles, axis=axis) for s in (0, 1))
     return [e0 - e1, o0 + e1, e1 - o0, o0 - o1]
 
 
 def _input_transform_1d_t(d, axis):
     """The transpose of _input_transform_1d: 4 arrays of `tiles` rows -> 2 * tiles + 2 rows."""
     d0, d1, d2, d3 = d
-    pad = lambda v, lo, hi: jax.lax.pad(v, jnp.zeros((), v.dtype), [(0, 0, 0)] * axis + [(lo, hi, 0)]  # noqa: E731
-                                        + [(0, 0, 0)] * (v.ndim - axis - 1))
-    e = pad(d0, 0, 1) + pad(d1 + d2 - d0, 1, 0)
-    o = pad(d1 - d2 + d3, 0, 1) - pad(d3, 1, 0)
-    return jnp.stack([e, o], axis=axis + 1).reshape(e.shape[:axis] + (-1,) + e.shape[axis + 1:])
+    e = _pad_rows(d0, axis, 0, 1) + _pad_rows(d1 + d2 - d0, axis, 1, 0)
+    o = _pad_rows(d1 - d2 + d3, axis, 0, 1) - _pad_rows(d3, axis, 1, 0)
+    return _interleave(e, o, axis)
 
 
 def _output_transform_1d(m, axis):
     """A^T m along the 4-long list m -> the 2 output rows per tile, interleaved along axis."""
-    y0 = m[0] + m[1] + m[2]
-    y1 = m[1] - m[2] - m[3]
-    return jnp.stack([y0, y1], axis=axis + 1).reshape(y0.shape[:axis] + (-1,) + y0.shape[axis + 1:])
+    return _interleave(m[0] + m[1] + m[2], m[1] - m[2] - m[3], axis)
 
 
 def _output_transform_1d_t(dy, axis):
