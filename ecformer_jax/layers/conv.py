@@ -96,12 +96,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if not plain:
         return jax.lax.conv_general_dilated(lhs, rhs, **args)
     channels = rhs.shape[2] * rhs.shape[3]
-    if (tuple(window_strides) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1) and channels >= WINOGRAD_GRAD_MIN
+    dh, dw = rhs_dilation or (1, 1)
+    if (tuple(window_strides) == (1, 1) and dh == dw and channels >= WINOGRAD_GRAD_MIN
             and np.prod(lhs.shape[:-1]) * np.prod(rhs.shape) >= WINOGRAD_MIN_MACS
             and lhs.dtype in (jnp.float32, jnp.float64) and rhs.dtype == lhs.dtype
-            and winograd.supported(lhs.shape, rhs.shape, padding)):
-        return winograd.conv3x3(lhs, rhs, tuple(tuple(p) for p in padding), precision,
-                                channels >= WINOGRAD_FORWARD_MIN)
+            and winograd.supported(lhs.shape, rhs.shape, padding, dh)):
+        pads = tuple(tuple(p) for p in padding)
+        if dh == 1:
+            return winograd.conv3x3(lhs, rhs, pads, precision, channels >= WINOGRAD_FORWARD_MIN)
+        return winograd.dilated(lhs, rhs, pads, dh, precision, channels >= WINOGRAD_FORWARD_MIN)
     return _conv_nhwc(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
                       tuple(rhs_dilation or (1, 1)), precision)
 

@@ -94,11 +94,11 @@ def _geometry(x_shape, padding):
     return ho, wo, th, tw, ((0, 0), (p0, 2 * th + 2 - h - p0), (q0, 2 * tw + 2 - w - q0), (0, 0))
 
 
-def supported(x_shape, k_shape, padding) -> bool:
-    """A 3x3 kernel with non-negative padding and at least one output."""
+def supported(x_shape, k_shape, padding, dilation: int = 1) -> bool:
+    """A 3x3 kernel with non-negative padding and at least one output (per phase, when dilated)."""
     (p0, p1), (q0, q1) = padding
     return (tuple(k_shape[:2]) == (3, 3) and min(p0, p1, q0, q1) >= 0
-            and x_shape[1] + p0 + p1 >= 3 and x_shape[2] + q0 + q1 >= 3)
+            and x_shape[1] + p0 + p1 > 2 * dilation and x_shape[2] + q0 + q1 > 2 * dilation)
 
 
 def _forward(x, k, padding, precision):
@@ -150,3 +150,20 @@ def _conv3x3_bwd(padding, precision, winograd_forward, residuals, dy):
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def dilated(x, k, padding, dilation: int, precision=None, winograd_forward: bool = True):
+    """conv3x3 with the kernel dilated by `dilation` (STTN's feed-forward conv): output row d * m + p reads only
+    the padded input's rows of phase p (d * (m + i) + p for tap i), so each of the d x d phase images, taken as a
+    batch, is an undilated 3x3 conv without padding, and its outputs are the output's phase (p, q)."""
+    d = dilation
+    (p0, p1), (q0, q1) = padding
+    n, h, w, cin = x.shape
+    ho, wo = h + p0 + p1 - 2 * d, w + q0 + q1 - 2 * d
+    hd, wd = -(-(h + p0 + p1) // d), -(-(w + q0 + q1) // d)  # phase image size (the padding rounded up to d)
+    xp = jnp.pad(x, ((0, 0), (p0, hd * d - h - p0), (q0, wd * d - w - q0), (0, 0)))
+    xs = xp.reshape(n, hd, d, wd, d, cin).transpose(2, 4, 0, 1, 3, 5).reshape(d * d * n, hd, wd, cin)
+    y = conv3x3(xs, k, ((0, 0), (0, 0)), precision, winograd_forward)  # (d d n, hd - 2, wd - 2, cout)
+    y = y.reshape(d, d, n, hd - 2, wd - 2, -1).transpose(2, 3, 0, 4, 1, 5)
+    return y.reshape(n, (hd - 2) * d, (wd - 2) * d, -1)[:, :ho, :wo]
+

@@ -262,20 +262,26 @@ def test_attend_rejects_mismatched_shapes():
         attend(q, np.zeros((2, 6, 4), np.float32), np.zeros((2, 6, 4), np.float32))
 
 
-@pytest.mark.parametrize("shape, padding, forward", [
-    ((2, 6, 8, 3, 5), ((1, 1), (1, 1)), True),  # whole 2x2 output tiles
-    ((1, 7, 5, 4, 2), ((1, 1), (1, 1)), True),  # odd output sizes: the last tiles' extra outputs are cut
-    ((1, 9, 10, 3, 4), ((0, 0), (2, 1)), False),  # no / asymmetric padding; XLA's forward, Winograd's gradient
+@pytest.mark.parametrize("shape, padding, forward, dilation", [
+    ((2, 6, 8, 3, 5), ((1, 1), (1, 1)), True, 1),  # whole 2x2 output tiles
+    ((1, 7, 5, 4, 2), ((1, 1), (1, 1)), True, 1),  # odd output sizes: the last tiles' extra outputs are cut
+    ((1, 9, 10, 3, 4), ((0, 0), (2, 1)), False, 1),  # no / asymmetric padding; XLA's forward, Winograd's gradient
+    ((2, 9, 13, 3, 5), ((2, 2), (2, 2)), True, 2),  # dilated (STTN's feed-forward conv), odd sizes: by phase
+    ((1, 11, 8, 2, 3), ((1, 3), (0, 2)), False, 3),  # dilation 3, asymmetric padding, XLA's forward
 ])
-def test_winograd_conv_matches_the_direct_conv(shape, padding, forward):
-    """F(2x2, 3x3) (layers/winograd.py): the direct conv's values and both gradients (float64, inside a jitted
-    scan), and in float32 no more rounding error against float64 than the direct conv has."""
+def test_winograd_conv_matches_the_direct_conv(shape, padding, forward, dilation):
+    """F(2x2, 3x3) (layers/winograd.py), also with a dilated kernel: the direct conv's values and both gradients
+    (float64, inside a jitted scan), and in float32 no more rounding error against float64 than the direct conv
+    has."""
     n, h, w, cin, cout = shape
     rng = np.random.default_rng(7)
     x, k = rng.standard_normal((3, n, h, w, cin)), rng.standard_normal((3, 3, cin, cout))
-    direct = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), padding,  # noqa: E731
+    direct = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), padding, rhs_dilation=(dilation,) * 2,  # noqa: E731
                                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    ours = lambda a, b: winograd.conv3x3(a, b, padding, None, forward)  # noqa: E731
+    if dilation == 1:
+        ours = lambda a, b: winograd.conv3x3(a, b, padding, None, forward)  # noqa: E731
+    else:
+        ours = lambda a, b: winograd.dilated(a, b, padding, dilation, None, forward)  # noqa: E731
 
     def loss(conv):
         def run(x, k):
@@ -295,13 +301,13 @@ def test_winograd_conv_matches_the_direct_conv(shape, padding, forward):
         exact = direct(x64, k64)
     x32, k32 = x64.astype(jnp.float32), k64.astype(jnp.float32)
     err = lambda y: float(jnp.max(jnp.abs(y.astype(jnp.float64) - exact)))  # noqa: E731
-    assert err(winograd.conv3x3(x32, k32, padding)) <= 2 * err(direct(x32, k32)) + 1e-7
+    assert err(ours(x32, k32)) <= 2 * err(direct(x32, k32)) + 1e-7
 
 
 def test_cpu_convs_take_winograd_by_channels(monkeypatch):
     """conv_general_dilated sends a stride-1 3x3 float conv to Winograd on the CPU from WINOGRAD_GRAD_MIN input x
-    output channels (its forward from WINOGRAD_FORWARD_MIN) and WINOGRAD_MIN_MACS multiply-adds, not strided,
-    dilated, 5x5, bfloat16 or TPU ones."""
+    output channels (its forward from WINOGRAD_FORWARD_MIN) and WINOGRAD_MIN_MACS multiply-adds, dilated alike in
+    both directions too, not strided, 5x5, bfloat16 or TPU ones."""
     calls = []
     real = winograd.conv3x3
     monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[-1]) or real(*a))
@@ -310,14 +316,17 @@ def test_cpu_convs_take_winograd_by_channels(monkeypatch):
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 8 * 8 * 9 * 4 * 6)
     pad = ((1, 1), (1, 1))
 
-    def run(cin, cout, kernel=3, stride=1, dilation=1, dtype=jnp.float32):
+    def run(cin, cout, kernel=3, stride=1, dilation=(1, 1), dtype=jnp.float32):
         x, k = jnp.ones((1, 8, 8, cin), dtype), jnp.ones((kernel, kernel, cin, cout), dtype)
-        jax.eval_shape(lambda a, b: conv_general_dilated(a, b, (stride, stride), pad, rhs_dilation=(dilation,) * 2,
+        jax.eval_shape(lambda a, b: conv_general_dilated(a, b, (stride, stride), pad, rhs_dilation=dilation,
                                                          dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)
         return calls.pop() if calls else None
 
     assert run(6, 6) is True and run(4, 6) is False and run(3, 6) is None
-    assert run(6, 6, stride=2) is None and run(6, 6, dilation=2) is None and run(6, 6, kernel=5) is None
+    assert run(6, 6, dilation=(2, 2)) is True and run(6, 6, dilation=(1, 2)) is None
+    assert run(6, 6, dilation=(4, 4)) is True  # 10 padded rows: 2 outputs, one in each of 2 phases
+    assert run(6, 6, dilation=(5, 5)) is None  # no output at all: XLA's conv
+    assert run(6, 6, stride=2) is None and run(6, 6, kernel=5) is None
     assert run(6, 6, dtype=jnp.bfloat16) is None
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 8 * 8 * 9 * 6 * 6 + 1)
     assert run(6, 6) is None
