@@ -58,7 +58,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """jax.lax.conv_general_dilated; for the CPU target a plain 2-D NHWC / HWIO conv (explicit padding, any
     stride and dilation, no groups) gets a gradient that XLA's CPU backend runs faster than its own:
 
-    - a stride-1, undilated 3x3 float conv with at least WINOGRAD_GRAD_MIN input x output channels: Winograd's
+    - a stride-1 3x3 float conv (undilated, or dilated alike in both directions: by phase) with at least
+      WINOGRAD_GRAD_MIN input x output channels: Winograd's
       F(2x2, 3x3) for both gradients (layers/winograd.py: 2.25x fewer multiplications; forward + backward
       1.0-1.7x faster from 64 x 128 channels, slower at 64 x 64), from WINOGRAD_FORWARD_MIN for the forward too,
       and only from WINOGRAD_MIN_MACS multiply-adds.
