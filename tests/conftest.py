@@ -77,7 +77,7 @@ def tennis_dir() -> Path:
 # worksteal hands each of the two workers one contiguous half of the collection; the long tests open both
 # halves, alternately, so they start early on both workers instead of ending the run on one of them.
 LONGEST = (
-    "tests/test_protocol_fixture.py::test_e2fgvi_hq_matches_official_test_py",  # 150
+    "tests/test_protocol_fixture.py::test_e2fgvi_hq_matches_official_test_py",  # 90 (one window since session 27)
     "tests/training/test_resume_multiprocess.py::test_two_processes_match_one_and_resume_after_sigkill",  # 140
     "tests/training/test_faults.py::test_train_command_killed_while_saving_and_stopped_by_sigterm_ends_bit_identical",
     "tests/training/test_propainter_training.py::test_propainter_loss_goes_down_on_a_fixed_clip",  # 110

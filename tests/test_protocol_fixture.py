@@ -3,10 +3,10 @@ e2fgvi_hq on the first 25 tennis frames (../shared/parity/protocol_e2fgvi_hq_ten
 e2fgvi_hq.npz weights (weight rule) saved as a bare .pth, passed as --checkpoint, converted on the fly.
 
 The whole video is five windows of the full model at 240x432 (8 to 13 frames each, four shapes to compile,
-about two minutes on two CPU cores). The test checks frames 0-4 of the 25 (--frames 0:5): the two windows
-they need (the first, at the video's start, and the one centred on frame 5, blended with it), with the
-references the whole video gives them; that a frame range equals the whole run is tested on a small model
-in test_inpaint.py."""
+about two minutes on two CPU cores). Every frame up to 20 lies in two windows (blended 0.5 / 0.5); frames 21-24
+only in the last one, centred on frame 20 at the video's end (10 local frames and the references the whole video
+gives it). The test checks those 4 frames (--frames 21:25): one window, one compile. That a frame range equals
+the whole run, blending included, is tested on a small model in test_inpaint.py."""
 from __future__ import annotations
 
 import shutil
@@ -22,7 +22,7 @@ from ecformer_jax.inpaint import main
 pytestmark = pytest.mark.optimized  # real-size frames through whole models: run-bound
 
 N = 25  # frames of the video
-CHECKED = 5  # frames 0..4 are inpainted and compared
+FIRST = 21  # frames 21..24 are inpainted and compared
 
 
 @pytest.mark.slow
@@ -41,21 +41,21 @@ def test_e2fgvi_hq_matches_official_test_py(parity_dir, tennis_dir, tmp_path, ca
     out = tmp_path / "result"
     rc = main(["--model", "e2fgvi_hq", "--checkpoint", str(pth), "--video", str(tmp_path / "frames"),
                "--mask", str(tmp_path / "masks"), "--output", str(out), "--no-side-by-side", "--quiet",
-               "--frames", f"0:{CHECKED}"])
+               "--frames", f"{FIRST}:{N}"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
-    assert "2 windows" in cap.out and f"{CHECKED} frames 432x240" in cap.out
+    assert "1 windows" in cap.out and f"{N - FIRST} frames 432x240" in cap.out
 
-    original = video_io.read_frames(tmp_path / "frames")[:CHECKED].astype(np.int16)
+    original = video_io.read_frames(tmp_path / "frames")[FIRST:].astype(np.int16)
     ours = video_io.read_frames(out).astype(np.int16)
-    delta = delta[:CHECKED]
+    delta = delta[FIRST:]
     expected = original + delta
     assert ours.shape == expected.shape
     diff = np.abs(ours - expected)
     holes = np.any(delta != 0, axis=-1)  # where the official script changed something
     assert holes.mean() > 0.02  # the fixture does inpaint something
     # outside the dilated holes both keep the input exactly
-    masks = video_io.read_masks(tmp_path / "masks", N)[:CHECKED]
+    masks = video_io.read_masks(tmp_path / "masks", N)[FIRST:]
     from ecformer_jax.data.masks import dilate
 
     outside = ~dilate(masks, 4)
