@@ -11,7 +11,8 @@ every transform is a shifted add of four phase arrays.
 The gradient is the same algorithm transposed: the output gradient's transform dM, then per transformed tap
 dU = V^T dM (the kernel gradient, G^T dU G) and dV = dM U^T, scattered back to the overlapping input tiles
 (each padded input row belongs to two tiles). The transformed input V is recomputed in the backward rather than
-kept (4x the input). Used by layers/conv.py on the CPU (docs/benchmarks.md: forward + backward 1.1-1.7x).
+kept (4x the input). A dilated kernel runs as the undilated conv of the input's phase images (`dilated`).
+Used by layers/conv.py on the CPU (docs/benchmarks.md: forward + backward 1.1-1.7x).
 """
 from __future__ import annotations
 
@@ -166,4 +167,3 @@ def dilated(x, k, padding, dilation: int, precision=None, winograd_forward: bool
     y = conv3x3(xs, k, ((0, 0), (0, 0)), precision, winograd_forward)  # (d d n, hd - 2, wd - 2, cout)
     y = y.reshape(d, d, n, hd - 2, wd - 2, -1).transpose(2, 3, 0, 4, 1, 5)
     return y.reshape(n, (hd - 2) * d, (wd - 2) * d, -1)[:, :ho, :wo]
-
